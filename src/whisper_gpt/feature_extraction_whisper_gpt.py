@@ -1,0 +1,252 @@
+"""Causal log-mel features aligned one-to-one with EnCodec frames.
+
+Frame ``t`` is computed from the ``n_fft`` samples that END at sample ``(t + 1) * hop_length`` (zeros
+before the start of the clip), so it never sees the future. The log compression uses fixed constants,
+never statistics of the clip. A clip of ``N`` samples gives ``ceil(N / hop_length)`` frames, exactly
+as many as a causal codec with the same hop emits codes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from transformers.audio_utils import mel_filter_bank
+from transformers.feature_extraction_sequence_utils import SequenceFeatureExtractor
+from transformers.feature_extraction_utils import BatchFeature
+from transformers.utils import logging
+
+logger = logging.get_logger(__name__)
+
+# log10(mel power) is floored at 1e-10 (-10) and mapped with fixed constants to roughly [-1.5, 1.5].
+LOG_MEL_FLOOR = 1e-10
+LOG_MEL_OFFSET = 4.0
+LOG_MEL_SCALE = 4.0
+MAX_CHANNELS = 2
+
+AudioInput = np.ndarray | torch.Tensor | Sequence[float]
+
+
+def _to_float_mono(clip: Any, index: int) -> np.ndarray:
+    """One clip -> float32 mono (N,). Integer PCM is scaled to [-1, 1]; up to two channels are averaged."""
+    if isinstance(clip, torch.Tensor):
+        clip = clip.detach().cpu().numpy()
+    array = np.asarray(clip)
+    where = f"audio[{index}]"
+    if array.dtype == object or not (np.issubdtype(array.dtype, np.number) or array.dtype == np.bool_):
+        raise ValueError(f"{where} is not numeric audio (dtype {array.dtype}); pass float or integer PCM samples.")
+    if np.issubdtype(array.dtype, np.complexfloating) or array.dtype == np.bool_:
+        raise ValueError(f"{where} has dtype {array.dtype}; pass real-valued float or integer PCM samples.")
+    if array.ndim == 0 or array.ndim > 2:
+        raise ValueError(
+            f"{where} has shape {array.shape}; expected (num_samples,) for mono or (channels, num_samples) / "
+            f"(num_samples, channels) with at most {MAX_CHANNELS} channels. Pass a batch as a list of clips."
+        )
+    if np.issubdtype(array.dtype, np.integer):
+        info = np.iinfo(array.dtype)
+        # Unsigned PCM (e.g. 8-bit WAV) is centred on the middle of its range.
+        centre = (int(info.max) + int(info.min) + 1) / 2
+        array = (array.astype(np.float64) - centre) / (int(info.max) - centre + 1)
+    if array.ndim == 2:
+        channel_axis = int(np.argmin(array.shape))
+        if array.shape[channel_axis] > MAX_CHANNELS or array.shape[0] == array.shape[1]:
+            raise ValueError(
+                f"{where} has shape {array.shape}, which is ambiguous: a single clip may have at most "
+                f"{MAX_CHANNELS} channels on its shorter axis. To pass several clips, pass a list of 1-D arrays."
+            )
+        array = array.mean(axis=channel_axis)
+    if array.size == 0:
+        raise ValueError(f"{where} is empty; every clip needs at least one sample.")
+    array = array.astype(np.float32, copy=False)
+    if not np.isfinite(array).all():
+        raise ValueError(f"{where} contains NaN or Inf samples; clean or drop the clip before processing it.")
+    return array
+
+
+def normalize_audio_batch(
+    audio: AudioInput | Sequence[AudioInput],
+    sampling_rate: int | None,
+    target_sampling_rate: int,
+) -> list[np.ndarray]:
+    """Validate audio and bring it to float32 mono at ``target_sampling_rate``.
+
+    ``audio`` is one clip (1-D, or 2-D with up to two channels) or a list of clips. Returns a list of
+    (num_samples,) float32 arrays. Raises ``ValueError`` for a missing or invalid sampling rate, empty
+    clips, non-finite samples and arrays of the wrong rank.
+    """
+    if sampling_rate is None:
+        raise ValueError(
+            "sampling_rate is required: pass the rate the audio was recorded at, e.g. "
+            f"sampling_rate=16000. It is resampled to {target_sampling_rate} Hz when it differs."
+        )
+    if isinstance(sampling_rate, bool) or not float(sampling_rate).is_integer() or sampling_rate <= 0:
+        raise ValueError(f"sampling_rate must be a positive whole number of Hz, got {sampling_rate!r}.")
+    sampling_rate = int(sampling_rate)
+    is_single = isinstance(audio, (np.ndarray, torch.Tensor)) or (
+        isinstance(audio, Sequence) and len(audio) > 0 and np.isscalar(audio[0])
+    )
+    clips = [audio] if is_single else list(audio)
+    if not clips:
+        raise ValueError("audio is an empty list; pass at least one clip.")
+    mono = [_to_float_mono(clip, index) for index, clip in enumerate(clips)]
+    if sampling_rate != target_sampling_rate:
+        import soxr
+
+        logger.warning_once(
+            f"Resampling audio from {sampling_rate} Hz to {target_sampling_rate} Hz with soxr. Pass audio at "
+            f"{target_sampling_rate} Hz to skip this step."
+        )
+        mono = [soxr.resample(clip, sampling_rate, target_sampling_rate).astype(np.float32) for clip in mono]
+        mono = [clip if clip.size else np.zeros(1, dtype=np.float32) for clip in mono]
+    return mono
+
+
+def num_frames(num_samples: int, hop_length: int) -> int:
+    """Frames a causal codec (and this extractor) emits for ``num_samples`` samples."""
+    return math.ceil(num_samples / hop_length)
+
+
+class WhisperGPTFeatureExtractor(SequenceFeatureExtractor):
+    r"""Causal log-mel spectrogram with one frame per codec frame.
+
+    Args:
+        feature_size (`int`, defaults to 80): number of mel bins.
+        sampling_rate (`int`, defaults to 24000): rate the features are computed at; other rates are
+            resampled with soxr.
+        hop_length (`int`, defaults to 320): samples per frame; must equal the codec's hop.
+        n_fft (`int`, defaults to 1024): window length in samples; the window of frame ``t`` ends at
+            sample ``(t + 1) * hop_length``.
+        f_min / f_max (`float`): mel filterbank range in Hz (``f_max`` defaults to Nyquist).
+        padding_value (`float`, defaults to 0.0): value of padded frames in a batch.
+    """
+
+    model_input_names = ["input_features", "attention_mask"]
+
+    def __init__(
+        self,
+        feature_size: int = 80,
+        sampling_rate: int = 24000,
+        hop_length: int = 320,
+        n_fft: int = 1024,
+        f_min: float = 0.0,
+        f_max: float | None = None,
+        padding_value: float = 0.0,
+        return_attention_mask: bool = True,
+        **kwargs,
+    ):
+        super().__init__(
+            feature_size=feature_size,
+            sampling_rate=sampling_rate,
+            padding_value=padding_value,
+            return_attention_mask=return_attention_mask,
+            **kwargs,
+        )
+        if n_fft < hop_length:
+            raise ValueError(f"n_fft ({n_fft}) must be at least hop_length ({hop_length}).")
+        self.hop_length = hop_length
+        self.n_fft = n_fft
+        self.f_min = f_min
+        self.f_max = f_max
+        self._mel_filters = torch.from_numpy(
+            mel_filter_bank(
+                num_frequency_bins=n_fft // 2 + 1,
+                num_mel_filters=feature_size,
+                min_frequency=f_min,
+                max_frequency=f_max if f_max is not None else sampling_rate / 2,
+                sampling_rate=sampling_rate,
+                norm="slaney",
+                mel_scale="slaney",
+            ).astype(np.float32)
+        )  # (n_freq, n_mels)
+        self._window = torch.hann_window(n_fft, periodic=True)
+
+    @property
+    def num_mel_bins(self) -> int:
+        return self.feature_size
+
+    def to_dict(self) -> dict[str, Any]:
+        output = super().to_dict()
+        output.pop("_mel_filters", None)
+        output.pop("_window", None)
+        return output
+
+    def causal_log_mel(self, waveforms: torch.Tensor) -> torch.Tensor:
+        """Causal log-mel of waveforms at ``self.sampling_rate``.
+
+        Args:
+            waveforms: (B, N) float audio.
+        Returns:
+            (B, ceil(N / hop_length), num_mel_bins) float32 features.
+
+        This one function computes the features for training and for generation (where it is called on
+        the last ``n_fft`` decoded samples), so the two can never drift apart.
+        """
+        waveforms = waveforms.float()
+        length = waveforms.shape[-1]
+        frames = num_frames(length, self.hop_length)
+        # Zeros before the clip so frame 0's window ends at sample hop; zeros after the last partial frame.
+        left = self.n_fft - self.hop_length
+        right = frames * self.hop_length - length
+        padded = torch.nn.functional.pad(waveforms, (left, right))
+        spectrum = torch.stft(
+            padded,
+            n_fft=self.n_fft,
+            hop_length=self.hop_length,
+            window=self._window.to(padded.device),
+            center=False,
+            return_complex=True,
+        )  # (B, n_freq, T)
+        power = spectrum.abs().pow(2)
+        mel = torch.einsum("bft,fm->btm", power, self._mel_filters.to(power.device))  # (B, T, n_mels)
+        log_mel = torch.log10(mel.clamp(min=LOG_MEL_FLOOR))
+        return (log_mel + LOG_MEL_OFFSET) / LOG_MEL_SCALE
+
+    def __call__(
+        self,
+        raw_speech: AudioInput | Sequence[AudioInput],
+        sampling_rate: int | None = None,
+        return_tensors: str | None = None,
+        return_attention_mask: bool | None = None,
+        **kwargs,
+    ) -> BatchFeature:
+        """Compute causal log-mel features for one clip or a list of clips.
+
+        Args:
+            raw_speech: a clip (N,), (N, C) or (C, N) with C <= 2, or a list of clips; float or integer PCM.
+            sampling_rate: rate of ``raw_speech`` in Hz (required; resampled when it differs).
+            return_tensors: ``"pt"``, ``"np"`` or ``None`` (lists).
+        Returns:
+            `BatchFeature` with ``input_features`` (B, T, num_mel_bins) and ``attention_mask`` (B, T),
+            T = ceil(longest clip's samples / hop_length); shorter clips are right-padded.
+        """
+        if kwargs:
+            raise TypeError(f"Unexpected arguments for WhisperGPTFeatureExtractor: {sorted(kwargs)}")
+        clips = normalize_audio_batch(raw_speech, sampling_rate, self.sampling_rate)
+        return self.features_from_clips(clips, return_tensors, return_attention_mask)
+
+    def features_from_clips(
+        self,
+        clips: list[np.ndarray],
+        return_tensors: str | None = None,
+        return_attention_mask: bool | None = None,
+    ) -> BatchFeature:
+        """Features of clips already validated by `normalize_audio_batch` (float32 mono, right rate)."""
+        lengths = [num_frames(clip.shape[0], self.hop_length) for clip in clips]
+        max_frames = max(lengths)
+        features = np.full((len(clips), max_frames, self.feature_size), self.padding_value, dtype=np.float32)
+        attention_mask = np.zeros((len(clips), max_frames), dtype=np.int64)
+        with torch.inference_mode():
+            for index, clip in enumerate(clips):
+                clip_features = self.causal_log_mel(torch.from_numpy(clip)[None])[0]
+                features[index, : lengths[index]] = clip_features.numpy()
+                attention_mask[index, : lengths[index]] = 1
+        data = {"input_features": features}
+        if return_attention_mask if return_attention_mask is not None else self.return_attention_mask:
+            data["attention_mask"] = attention_mask
+        return BatchFeature(data, tensor_type=return_tensors)
+
+
+__all__ = ["WhisperGPTFeatureExtractor", "normalize_audio_batch", "num_frames"]

@@ -1,0 +1,507 @@
+"""Whisper-GPT: a decoder-only LM over EnCodec frames that also reads each frame's causal log-mel spectrogram.
+
+Reading order: attention -> block -> mel path and fusion -> depth decoder (K > 1) -> WhisperGPTModel
+(embed codes -> mel path -> fuse -> positions -> decoder blocks -> norm) -> WhisperGPTForCausalLM (heads, loss).
+Shapes: B batch, K codebooks, T frames, V codebook size, M mel bins, H hidden size, S spectrogram width.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import initialization as init
+from transformers.cache_utils import Cache, DynamicCache
+from transformers.generation import GenerationMixin
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+from transformers.modeling_utils import PreTrainedModel
+from transformers.utils.deprecation import deprecate_kwarg
+
+from .configuration_whisper_gpt import WhisperGPTConfig
+
+
+def eager_attention(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor | None, dropout: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reference attention that also returns the weights. q (B, h, Tq, d), k/v (B, h, Tk, d), mask bool."""
+    scores = query @ key.transpose(-1, -2) / math.sqrt(query.shape[-1])  # (B, h, Tq, Tk)
+    if mask is None:  # causal, queries aligned to the end of the keys
+        offset = key.shape[-2] - query.shape[-2]
+        mask = torch.ones(scores.shape[-2:], dtype=torch.bool, device=scores.device).tril(offset)
+    weights = scores.masked_fill(~mask, torch.finfo(scores.dtype).min).softmax(dim=-1)
+    return F.dropout(weights, p=dropout) @ value, weights
+
+
+def codebook_offsets(codes: torch.Tensor, codebook_size: int, dim: int) -> torch.Tensor:
+    """Shift codebook k's codes by k * codebook_size so all codebooks share one embedding table."""
+    shape = [1] * codes.dim()
+    shape[dim] = codes.shape[dim]
+    return codes + torch.arange(codes.shape[dim], device=codes.device).view(shape) * codebook_size
+
+
+class ResidualProjection(nn.Linear):
+    """A linear layer that writes into the residual stream; its init is scaled down with depth (GPT-2)."""
+
+
+class WhisperGPTAttention(nn.Module):
+    """Causal multi-head self-attention with an optional KV cache slot ``layer_idx``."""
+
+    def __init__(self, width: int, num_heads: int, dropout: float, layer_idx: int | None, config: WhisperGPTConfig):
+        super().__init__()
+        self.num_heads = num_heads
+        self.dropout = dropout
+        self.layer_idx = layer_idx
+        self.config = config
+        self.qkv_proj = nn.Linear(width, 3 * width)
+        self.out_proj = ResidualProjection(width, width)
+
+    def forward(
+        self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None, cache: Cache | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        batch_size, length, width = hidden_states.shape
+        qkv = self.qkv_proj(hidden_states).view(batch_size, length, 3, self.num_heads, -1)
+        query, key, value = qkv.permute(2, 0, 3, 1, 4)  # each (B, h, T, d)
+        if cache is not None:
+            key, value = cache.update(key, value, self.layer_idx)
+        dropout = self.dropout if self.training else 0.0
+        if self.config._attn_implementation == "eager":
+            output, weights = eager_attention(query, key, value, attention_mask, dropout)
+        else:
+            # No mask means a plain causal pattern; a single query (cached decoding) sees every key.
+            is_causal = attention_mask is None and query.shape[-2] > 1
+            output = F.scaled_dot_product_attention(
+                query, key, value, attn_mask=attention_mask, dropout_p=dropout, is_causal=is_causal
+            )
+            weights = None
+        output = output.transpose(1, 2).reshape(batch_size, length, width)
+        return self.out_proj(output), weights
+
+
+class WhisperGPTBlock(GradientCheckpointingLayer):
+    """Pre-norm transformer decoder block (GPT-2 layout) used by the mel path, the decoder and the depth decoder."""
+
+    def __init__(
+        self,
+        width: int,
+        num_heads: int,
+        intermediate_size: int,
+        config: WhisperGPTConfig,
+        layer_idx: int | None,
+    ):
+        super().__init__()
+        self.attn_norm = nn.LayerNorm(width, eps=config.layer_norm_eps)
+        self.attn = WhisperGPTAttention(width, num_heads, config.dropout, layer_idx, config)
+        self.mlp_norm = nn.LayerNorm(width, eps=config.layer_norm_eps)
+        self.fc_in = nn.Linear(width, intermediate_size)
+        self.fc_out = ResidualProjection(intermediate_size, width)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        cache: Cache | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        attended, weights = self.attn(self.attn_norm(hidden_states), attention_mask, cache)
+        hidden_states = hidden_states + self.dropout(attended)
+        mlp_out = self.fc_out(F.gelu(self.fc_in(self.mlp_norm(hidden_states))))
+        return hidden_states + self.dropout(mlp_out), weights
+
+
+class WhisperGPTFusion(nn.Module):
+    """Merges the token embedding (B, T, H) and the mel stream (B, T, S) into the decoder input (B, T, H).
+
+    Initialised so that the output starts as the token embedding plus a small mel term (see `_init_weights`).
+    """
+
+    def __init__(self, config: WhisperGPTConfig):
+        super().__init__()
+        self.mode = config.fusion
+        in_features = config.spectrogram_hidden_size + (config.hidden_size if self.mode == "concat" else 0)
+        # Parameters live here, not in a child Linear, so `_init_weights` sees this module and can init it.
+        self.weight = nn.Parameter(torch.empty(config.hidden_size, in_features))
+        self.bias = nn.Parameter(torch.empty(config.hidden_size))
+
+    def forward(self, token_embeds: torch.Tensor, mel_states: torch.Tensor) -> torch.Tensor:
+        if self.mode == "concat":
+            return F.linear(torch.cat([token_embeds, mel_states], dim=-1), self.weight, self.bias)
+        return token_embeds + F.linear(mel_states, self.weight, self.bias)
+
+
+class WhisperGPTDepthDecoder(nn.Module):
+    """Predicts the K codes of frame t+1 one codebook after another from the frame state h_t (as Moshi does).
+
+    Input at codebook k: proj(h_t) + embedding of code k-1 of frame t+1 (teacher-forced in training) +
+    a learned codebook position; causal attention over k; one output head per codebook.
+    """
+
+    def __init__(self, config: WhisperGPTConfig):
+        super().__init__()
+        self.num_codebooks = config.num_codebooks
+        self.codebook_size = config.codebook_size
+        width = config.depth_hidden_size
+        self.in_proj = nn.Linear(config.hidden_size, width)
+        self.code_embeddings = nn.Embedding((config.num_codebooks - 1) * config.codebook_size, width)
+        self.codebook_positions = nn.Embedding(config.num_codebooks, width)
+        self.blocks = nn.ModuleList(
+            WhisperGPTBlock(width, config.depth_num_heads, config.depth_intermediate_size, config, layer_idx=None)
+            for _ in range(config.depth_num_layers)
+        )
+        self.norm = nn.LayerNorm(width, eps=config.layer_norm_eps)
+        self.heads = nn.Parameter(torch.empty(config.num_codebooks, width, config.codebook_size))
+
+    def forward(self, frame_states: torch.Tensor, previous_codes: torch.Tensor) -> torch.Tensor:
+        """frame_states (N, H), previous_codes (N, k) with k < K codes of the frame being predicted.
+
+        Returns logits (N, k + 1, V) for codebooks 0..k.
+        """
+        steps = previous_codes.shape[1] + 1
+        inputs = self.in_proj(frame_states)[:, None, :].expand(-1, steps, -1)  # (N, k+1, D)
+        code_embeds = self.code_embeddings(codebook_offsets(previous_codes, self.codebook_size, dim=1))  # (N, k, D)
+        inputs = inputs + F.pad(code_embeds, (0, 0, 1, 0)) + self.codebook_positions.weight[:steps]
+        for block in self.blocks:
+            inputs, _ = block(inputs)
+        return torch.einsum("nkd,kdv->nkv", self.norm(inputs), self.heads[:steps])
+
+
+class WhisperGPTPreTrainedModel(PreTrainedModel):
+    config_class = WhisperGPTConfig
+    config: WhisperGPTConfig
+    base_model_prefix = "model"
+    main_input_name = "input_ids"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["WhisperGPTBlock"]
+    _supports_sdpa = True
+    _supports_flash_attn = False
+    _supports_flex_attn = False
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)
+        std = self.config.initializer_range
+        if isinstance(module, ResidualProjection):
+            init.normal_(module.weight, mean=0.0, std=std / math.sqrt(2 * self.config.num_hidden_layers))
+        elif isinstance(module, WhisperGPTFusion):
+            # The token part passes the embedding through unchanged; the mel part starts at mel_init_scale times
+            # the embedding's scale for unit-scale mel states, so the untrained mel path is a small perturbation.
+            mel_std = std * self.config.mel_init_scale / math.sqrt(self.config.spectrogram_hidden_size)
+            weight = torch.randn_like(module.weight) * mel_std
+            if module.mode == "concat":
+                hidden = self.config.hidden_size
+                weight[:, :hidden] = torch.eye(hidden, dtype=weight.dtype, device=weight.device)
+            init.copy_(module.weight, weight)
+            init.zeros_(module.bias)
+        elif isinstance(module, WhisperGPTDepthDecoder):
+            init.normal_(module.heads, mean=0.0, std=std)
+
+    def validate_audio_tokenizer(self, audio_tokenizer: Any) -> None:
+        """Raise a ValueError when a codec does not produce the codes and geometry this model was trained on."""
+        expected = {
+            "sampling_rate": self.config.sampling_rate,
+            "hop_length": self.config.hop_length,
+            "codebook_size": self.config.codebook_size,
+        }
+        for name, value in expected.items():
+            actual = getattr(audio_tokenizer, name)
+            if actual != value:
+                raise ValueError(
+                    f"The audio tokenizer has {name}={actual} but the model was trained with {name}={value}; "
+                    "load the codec the model was trained with (the one saved next to it by the processor)."
+                )
+        if audio_tokenizer.num_codebooks < self.config.num_codebooks:
+            raise ValueError(
+                f"The audio tokenizer emits {audio_tokenizer.num_codebooks} codebooks at bandwidth "
+                f"{audio_tokenizer.bandwidth} kbps but the model reads {self.config.num_codebooks}; use a higher "
+                "bandwidth."
+            )
+
+
+def _attention_mask_4d(
+    attention_mask: torch.Tensor | None, past_length: int, length: int, device: torch.device
+) -> torch.Tensor | None:
+    """(B, past + T) padding mask -> (B, 1, T, past + T) bool causal mask, or None when plain causal suffices."""
+    if attention_mask is None or bool(attention_mask.all()):
+        if past_length == 0 or length == 1:
+            return None
+        attention_mask = torch.ones(1, past_length + length, dtype=torch.bool, device=device)
+    query_positions = torch.arange(past_length, past_length + length, device=device)
+    key_positions = torch.arange(past_length + length, device=device)
+    causal = key_positions[None, :] <= query_positions[:, None]  # (T, past + T)
+    mask = causal[None] & attention_mask.bool()[:, None, :]  # (B, T, past + T)
+    # A query on padding may have no visible key; letting it see itself keeps SDPA free of NaN.
+    mask = mask | (key_positions[None, :] == query_positions[:, None])[None]
+    return mask[:, None]
+
+
+class WhisperGPTModel(WhisperGPTPreTrainedModel):
+    """The backbone: codes (+ mel frames) -> hidden states (B, T, H), one position per codec frame."""
+
+    def __init__(self, config: WhisperGPTConfig):
+        super().__init__(config)
+        self.num_codebooks = config.num_codebooks
+        self.code_embeddings = nn.Embedding(config.num_codebooks * config.codebook_size, config.hidden_size)
+        if config.use_spectrogram:
+            self.mel_proj = nn.Linear(config.num_mel_bins, config.spectrogram_hidden_size)
+            self.mel_positions = nn.Embedding(config.max_position_embeddings, config.spectrogram_hidden_size)
+            # Cache slots after the decoder's, so cache.get_seq_length() (slot 0) is the decoder's length.
+            self.mel_blocks = nn.ModuleList(
+                WhisperGPTBlock(
+                    config.spectrogram_hidden_size,
+                    config.spectrogram_num_heads,
+                    4 * config.spectrogram_hidden_size,
+                    config,
+                    layer_idx=config.num_hidden_layers + index,
+                )
+                for index in range(config.spectrogram_layers)
+            )
+            self.mel_norm = nn.LayerNorm(config.spectrogram_hidden_size, eps=config.layer_norm_eps)
+            self.fusion = WhisperGPTFusion(config)
+        self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+        self.dropout = nn.Dropout(config.dropout)
+        self.layers = nn.ModuleList(
+            WhisperGPTBlock(
+                config.hidden_size,
+                config.num_attention_heads,
+                config.intermediate_size,
+                config,
+                layer_idx=index,
+            )
+            for index in range(config.num_hidden_layers)
+        )
+        self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.code_embeddings
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.code_embeddings = value
+
+    def _select_codes(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Validate (B, K_in, T) codes and keep the first K codebooks."""
+        if input_ids.dim() != 3:
+            raise ValueError(
+                f"input_ids must have shape (batch, codebooks, frames), got {tuple(input_ids.shape)}; "
+                "use WhisperGPTProcessor to turn audio into codes."
+            )
+        if input_ids.dtype.is_floating_point or input_ids.dtype == torch.bool:
+            raise ValueError(f"input_ids must be integer codes, got dtype {input_ids.dtype}.")
+        if input_ids.shape[1] < self.num_codebooks:
+            raise ValueError(
+                f"The model reads {self.num_codebooks} codebooks but input_ids has {input_ids.shape[1]}; encode "
+                "the audio at a higher codec bandwidth."
+            )
+        codes = input_ids[:, : self.num_codebooks]
+        if codes.numel() and (codes.min() < 0 or codes.max() >= self.config.codebook_size):
+            raise ValueError(
+                f"input_ids holds codes outside [0, {self.config.codebook_size}) (min {int(codes.min())}, max "
+                f"{int(codes.max())}); pad with a valid code (e.g. 0) and mark padding with attention_mask, "
+                "and check that the codec matches the model's codebook_size."
+            )
+        return codes
+
+    def _mel_states(
+        self,
+        input_features: torch.Tensor | None,
+        length: int,
+        position_ids: torch.Tensor,
+        mask: torch.Tensor | None,
+        cache: Cache | None,
+    ) -> torch.Tensor:
+        """(B, T, M) causal log-mel frames -> (B, T, S) mel stream."""
+        if input_features is None:
+            raise ValueError(
+                "This hybrid model needs input_features (the causal log-mel frames aligned with input_ids); get "
+                "both from WhisperGPTProcessor, or use a config with use_spectrogram=False for a token-only model."
+            )
+        if input_features.dim() != 3 or input_features.shape[-1] != self.config.num_mel_bins:
+            raise ValueError(
+                f"input_features must have shape (batch, frames, {self.config.num_mel_bins}), got "
+                f"{tuple(input_features.shape)}; the feature extractor must use num_mel_bins="
+                f"{self.config.num_mel_bins} and hop_length={self.config.hop_length}."
+            )
+        if input_features.shape[1] != length:
+            raise ValueError(
+                f"input_features has {input_features.shape[1]} frames but input_ids has {length}; features and "
+                "codes must come from the same audio with the same hop length (use WhisperGPTProcessor)."
+            )
+        mel = self.mel_proj(input_features.to(self.mel_proj.weight.dtype)) + self.mel_positions(position_ids)
+        for block in self.mel_blocks:
+            mel, _ = block(mel, mask, cache=cache)
+        return self.mel_norm(mel)
+
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
+    def forward(
+        self,
+        input_ids: torch.LongTensor,
+        input_features: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache: Cache | None = None,
+        use_cache: bool | None = None,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        **kwargs: Any,
+    ) -> BaseModelOutputWithPast:
+        """input_ids (B, K_in >= K, T) codes; input_features (B, T, M); attention_mask (B, past + T)."""
+        codes = self._select_codes(input_ids)  # (B, K, T)
+        batch_size, _, length = codes.shape
+        use_cache = use_cache if use_cache is not None else self.config.use_cache
+        if use_cache and cache is None and not (self.gradient_checkpointing and self.training):
+            cache = DynamicCache()
+        past_length = cache.get_seq_length() if cache is not None else 0
+        if attention_mask is not None and attention_mask.shape != (batch_size, past_length + length):
+            raise ValueError(
+                f"attention_mask must have shape (batch, past + frames) = ({batch_size}, {past_length + length}), "
+                f"got {tuple(attention_mask.shape)}."
+            )
+        if position_ids is None:
+            if attention_mask is None:
+                position_ids = torch.arange(past_length, past_length + length, device=codes.device)[None]
+            else:
+                position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -length:]
+        if int(position_ids.max()) >= self.config.max_position_embeddings:
+            raise ValueError(
+                f"The sequence reaches position {int(position_ids.max())} but the model's context is "
+                f"{self.config.max_position_embeddings} frames; crop the input or generate with a sliding window."
+            )
+        mask = _attention_mask_4d(attention_mask, past_length, length, codes.device)
+
+        hidden = self.code_embeddings(codebook_offsets(codes, self.config.codebook_size, dim=1)).sum(dim=1)  # (B, T, H)
+        if self.config.use_spectrogram:
+            mel = self._mel_states(input_features, length, position_ids, mask, cache)  # (B, T, S)
+            hidden = self.fusion(hidden, mel)
+        hidden = self.dropout(hidden + self.position_embeddings(position_ids))
+
+        all_hidden = () if output_hidden_states else None
+        all_attentions = () if output_attentions else None
+        for layer in self.layers:
+            if output_hidden_states:
+                all_hidden += (hidden,)
+            hidden, weights = layer(hidden, mask, cache=cache)
+            if output_attentions:
+                all_attentions += (weights,)
+        hidden = self.norm(hidden)
+        if output_hidden_states:
+            all_hidden += (hidden,)
+        return BaseModelOutputWithPast(
+            last_hidden_state=hidden, cache=cache, hidden_states=all_hidden, attentions=all_attentions
+        )
+
+
+class WhisperGPTForCausalLM(WhisperGPTPreTrainedModel, GenerationMixin):
+    """Whisper-GPT with next-frame code prediction heads.
+
+    ``num_codebooks == 1``: one linear head (the paper). ``num_codebooks > 1``: a depth decoder predicts the
+    K codes of frame t+1 one after another, teacher-forced with the true codes of frame t+1 in ``forward``.
+    """
+
+    def __init__(self, config: WhisperGPTConfig):
+        super().__init__(config)
+        self.model = WhisperGPTModel(config)
+        if config.num_codebooks == 1:
+            self.lm_head = nn.Linear(config.hidden_size, config.codebook_size, bias=False)
+        else:
+            self.depth_decoder = WhisperGPTDepthDecoder(config)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.model.code_embeddings
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.model.code_embeddings = value
+
+    def frame_logits(self, hidden: torch.Tensor, next_codes: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits for the codes of the next frame.
+
+        Args:
+            hidden: (B, T, H) decoder states.
+            next_codes: (B, K', T) codes of frame t+1 at position t (K' >= K-1); only read when K > 1.
+        Returns:
+            (B, K, T, V) logits.
+        """
+        if self.config.num_codebooks == 1:
+            return self.lm_head(hidden)[:, None]
+        batch_size, length, _ = hidden.shape
+        previous = next_codes[:, : self.config.num_codebooks - 1].permute(0, 2, 1)  # (B, T, K-1)
+        logits = self.depth_decoder(hidden.reshape(batch_size * length, -1), previous.reshape(batch_size * length, -1))
+        return logits.view(batch_size, length, self.config.num_codebooks, -1).permute(0, 2, 1, 3)
+
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
+    def forward(
+        self,
+        input_ids: torch.LongTensor,
+        input_features: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache: Cache | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs: Any,
+    ) -> CausalLMOutputWithPast | tuple:
+        """Logits (B, K, T, V) where position t predicts the codes of frame t+1.
+
+        ``labels`` (B, K_in >= K, T) are the codes themselves (usually ``input_ids``); they are shifted inside,
+        entries equal to -100 or under ``attention_mask == 0`` are ignored, and the loss is the mean
+        cross-entropy (nats) over all predicted codes of all K codebooks.
+        """
+        outputs = self.model(
+            input_ids,
+            input_features=input_features,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            cache=cache,
+            use_cache=use_cache,
+            output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
+        )
+        next_codes = None
+        if self.config.num_codebooks > 1:
+            # Teacher forcing: position t conditions on the codes of frame t+1; the last position has none yet.
+            next_codes = F.pad(input_ids[:, : self.config.num_codebooks - 1, 1:], (0, 1))
+            if attention_mask is not None:
+                # Padding is not the next frame either: the same placeholder as after the last frame.
+                next_valid = F.pad(attention_mask[:, -input_ids.shape[-1] :][:, 1:], (0, 1))
+                next_codes = next_codes * next_valid[:, None].to(next_codes.dtype)
+        logits = self.frame_logits(outputs.last_hidden_state, next_codes)
+
+        loss = None
+        if labels is not None:
+            loss = self.next_frame_loss(logits, labels, attention_mask)
+        if return_dict is False:
+            return tuple(v for v in (loss, logits, outputs.cache, outputs.hidden_states) if v is not None)
+        return CausalLMOutputWithPast(
+            loss=loss,
+            logits=logits,
+            cache=outputs.cache,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+        )
+
+    def next_frame_loss(
+        self, logits: torch.Tensor, labels: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Mean cross-entropy of logits (B, K, T, V) at t against labels (B, K_in, T) at t+1."""
+        num_codebooks, length = logits.shape[1], logits.shape[2]
+        if labels.dim() != 3 or labels.shape[1] < num_codebooks or labels.shape[2] != length:
+            raise ValueError(
+                f"labels must have shape (batch, >= {num_codebooks}, {length}) like input_ids, got "
+                f"{tuple(labels.shape)}."
+            )
+        labels = labels[:, :num_codebooks].to(logits.device)
+        if attention_mask is not None:
+            labels = labels.masked_fill(attention_mask[:, None, -length:].to(labels.device) == 0, -100)
+        shift_logits = logits[:, :, :-1].reshape(-1, logits.shape[-1]).float()
+        shift_labels = labels[:, :, 1:].reshape(-1)
+        return F.cross_entropy(shift_logits, shift_labels, ignore_index=-100)
+
+
+__all__ = ["WhisperGPTForCausalLM", "WhisperGPTModel", "WhisperGPTPreTrainedModel"]

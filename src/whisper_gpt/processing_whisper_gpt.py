@@ -1,0 +1,179 @@
+"""Processor: audio -> aligned (codes, causal log-mel, mask) model inputs, and codes -> audio."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+import torch
+from transformers.feature_extraction_utils import BatchFeature
+from transformers.processing_utils import ProcessorMixin
+
+from .feature_extraction_whisper_gpt import AudioInput, WhisperGPTFeatureExtractor, normalize_audio_batch
+from .tokenization_whisper_gpt import WhisperGPTAudioTokenizer
+
+AUDIO_TOKENIZER_SUBFOLDER = "audio_tokenizer"
+# Arguments of from_pretrained that only concern where files come from, forwarded to both components.
+HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder")
+
+
+class WhisperGPTProcessor(ProcessorMixin):
+    r"""Turns audio into Whisper-GPT inputs and codes back into audio.
+
+    ``processor(audio=..., sampling_rate=...)`` returns ``input_ids`` (B, K, T) codec codes,
+    ``input_features`` (B, T, num_mel_bins) causal log-mel frames and ``attention_mask`` (B, T), aligned
+    frame for frame (T = ceil(num_samples / hop_length) of the longest clip; shorter clips are right-padded,
+    their codes with 0).
+
+    Args:
+        feature_extractor ([`WhisperGPTFeatureExtractor`]): the causal log-mel front end.
+        audio_tokenizer ([`WhisperGPTAudioTokenizer`]): the EnCodec wrapper. Saved with the processor in the
+            ``audio_tokenizer/`` subfolder, calibrated codebooks included.
+    """
+
+    def __init__(self, feature_extractor: WhisperGPTFeatureExtractor, audio_tokenizer: WhisperGPTAudioTokenizer):
+        # The mixin only knows hub audio-tokenizer classes, so it manages the feature extractor alone.
+        super().__init__(feature_extractor=feature_extractor)
+        if not isinstance(audio_tokenizer, WhisperGPTAudioTokenizer):
+            raise ValueError(
+                f"audio_tokenizer must be a WhisperGPTAudioTokenizer, got {type(audio_tokenizer).__name__}; wrap "
+                "an EncodecModel with WhisperGPTAudioTokenizer(codec)."
+            )
+        geometry = {
+            "sampling_rate": feature_extractor.sampling_rate,
+            "hop_length": feature_extractor.hop_length,
+        }
+        for name, value in geometry.items():
+            if getattr(audio_tokenizer, name) != value:
+                raise ValueError(
+                    f"The feature extractor has {name}={value} but the codec has {name}="
+                    f"{getattr(audio_tokenizer, name)}; mel frames and codes would not line up. Build the "
+                    f"feature extractor with {name}={getattr(audio_tokenizer, name)}."
+                )
+        self.audio_tokenizer = audio_tokenizer
+
+    @property
+    def sampling_rate(self) -> int:
+        return self.feature_extractor.sampling_rate
+
+    @property
+    def model_input_names(self) -> list[str]:
+        return ["input_ids", "input_features", "attention_mask"]
+
+    def __call__(
+        self,
+        audio: AudioInput | list[AudioInput] | None = None,
+        sampling_rate: int | None = None,
+        return_tensors: str | None = "pt",
+        **kwargs: Any,
+    ) -> BatchFeature:
+        """Encode one clip or a list of clips (any rate, mono or stereo, float or integer PCM).
+
+        Returns a `BatchFeature` with ``input_ids`` (B, K, T) int64, ``input_features`` (B, T, M) float32 and
+        ``attention_mask`` (B, T) int64.
+        """
+        if kwargs:
+            raise TypeError(f"Unexpected arguments for WhisperGPTProcessor: {sorted(kwargs)}")
+        if audio is None:
+            raise ValueError("Pass the audio to encode: processor(audio=waveform, sampling_rate=rate).")
+        clips = normalize_audio_batch(audio, sampling_rate, self.sampling_rate)
+        features = self.feature_extractor.features_from_clips(clips, return_tensors="np")
+        codes = self.audio_tokenizer.encode_clips(clips)  # list of (K, T_i)
+        batch_codes = np.zeros((len(clips), codes[0].shape[0], features["input_features"].shape[1]), np.int64)
+        for index, clip_codes in enumerate(codes):
+            batch_codes[index, :, : clip_codes.shape[-1]] = clip_codes.cpu().numpy()
+        data = {"input_ids": batch_codes, **features}
+        return BatchFeature(data, tensor_type=return_tensors)
+
+    def batch_decode(self, codes: torch.Tensor | np.ndarray, attention_mask: Any = None) -> list[np.ndarray]:
+        """Codes (B, K, T) -> list of B float32 waveforms at the codec's rate, trimmed to ``attention_mask``."""
+        codes = torch.as_tensor(codes)
+        if codes.dim() == 2:
+            codes = codes[None]
+        waves = self.audio_tokenizer.decode(codes).cpu().numpy()  # (B, T * hop)
+        hop = self.audio_tokenizer.hop_length
+        if attention_mask is None:
+            return [wave.astype(np.float32) for wave in waves]
+        frames = torch.as_tensor(attention_mask).sum(-1).tolist()
+        return [wave[: int(count) * hop].astype(np.float32) for wave, count in zip(waves, frames, strict=True)]
+
+    def decode(self, codes: torch.Tensor | np.ndarray) -> np.ndarray:
+        """Codes (K, T) or (1, K, T) -> one float32 waveform."""
+        return self.batch_decode(codes)[0]
+
+    def to_dict(self) -> dict[str, Any]:
+        output = super().to_dict()
+        output.pop("audio_tokenizer", None)  # saved as its own folder, weights included
+        return output
+
+    def save_pretrained(self, save_directory: str | os.PathLike, push_to_hub: bool = False, **kwargs) -> list[str]:
+        """Write the feature extractor config and the codec (``audio_tokenizer/``) to ``save_directory``."""
+        files = super().save_pretrained(save_directory, **kwargs)
+        self.audio_tokenizer.save_pretrained(os.path.join(save_directory, AUDIO_TOKENIZER_SUBFOLDER))
+        if push_to_hub:
+            self.push_to_hub(kwargs.pop("repo_id", os.path.basename(os.path.abspath(save_directory))), **kwargs)
+        return files
+
+    def push_to_hub(self, repo_id: str, **kwargs) -> str:
+        """Upload the whole processor, codec included, to the Hub repository ``repo_id``."""
+        import tempfile
+
+        from huggingface_hub import HfApi
+
+        api = HfApi(token=kwargs.pop("token", None))
+        repo_id = api.create_repo(repo_id, exist_ok=True, private=kwargs.pop("private", None)).repo_id
+        with tempfile.TemporaryDirectory() as folder:
+            self.save_pretrained(folder)
+            commit = api.upload_folder(
+                repo_id=repo_id,
+                folder_path=folder,
+                commit_message=kwargs.pop("commit_message", "Upload processor"),
+            )
+        return commit
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        pretrained_model_name_or_path: str | os.PathLike,
+        audio_tokenizer: WhisperGPTAudioTokenizer | None = None,
+        **kwargs,
+    ) -> WhisperGPTProcessor:
+        """Load a processor saved by `save_pretrained` (local folder or Hub id).
+
+        ``audio_tokenizer`` replaces the saved codec, e.g. ``WhisperGPTAudioTokenizer.from_pretrained(
+        "facebook/encodec_24khz")`` for a folder saved without one.
+        """
+        hub_kwargs = {key: kwargs[key] for key in HUB_KWARGS if key in kwargs}
+        feature_extractor = WhisperGPTFeatureExtractor.from_pretrained(pretrained_model_name_or_path, **hub_kwargs)
+        if audio_tokenizer is None:
+            audio_tokenizer = WhisperGPTAudioTokenizer.from_pretrained(
+                _resolve_subfolder(pretrained_model_name_or_path, AUDIO_TOKENIZER_SUBFOLDER, hub_kwargs)
+            )
+        return cls(feature_extractor=feature_extractor, audio_tokenizer=audio_tokenizer)
+
+
+def _resolve_subfolder(name_or_path: str | os.PathLike, subfolder: str, hub_kwargs: dict[str, Any]) -> str:
+    """Local path of ``subfolder`` of a local directory or a Hub repository (downloaded on demand)."""
+    inner = os.path.join(hub_kwargs.get("subfolder", ""), subfolder)
+    if os.path.isdir(name_or_path):
+        path = os.path.join(name_or_path, inner)
+        if not os.path.isdir(path):
+            raise ValueError(
+                f"{name_or_path} holds no {inner}/ folder with the codec; save the processor with "
+                "processor.save_pretrained(), or pass audio_tokenizer=WhisperGPTAudioTokenizer.from_pretrained(...)."
+            )
+        return path
+    from huggingface_hub import snapshot_download
+
+    download_kwargs = {key: hub_kwargs[key] for key in ("cache_dir", "token", "revision") if key in hub_kwargs}
+    root = snapshot_download(
+        str(name_or_path),
+        allow_patterns=[f"{inner}/*"],
+        local_files_only=hub_kwargs.get("local_files_only", False),
+        **download_kwargs,
+    )
+    return os.path.join(root, inner)
+
+
+__all__ = ["WhisperGPTProcessor"]
