@@ -56,6 +56,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     presets = commands.add_parser("presets", help="print the parameter counts of the paper's three models")
     presets.add_argument("--json", action="store_true", help="print JSON instead of a table")
     presets.set_defaults(handler=_presets)
+    from whisper_gpt.corpus import register_cli as register_corpus
+
+    register_corpus(commands)
     args = parser.parse_args(argv)
     args.handler(args)
 
