@@ -53,8 +53,7 @@ def _seed() -> None:
     torch.manual_seed(0)
 
 
-@pytest.fixture(scope="session")
-def tiny_processor():
+def build_tiny_processor():
     """A processor around a tiny calibrated EnCodec (64 codes per codebook) and a 16-bin mel front end."""
     from transformers import EncodecModel
 
@@ -70,6 +69,11 @@ def tiny_processor():
     tokenizer = WhisperGPTAudioTokenizer(codec, bandwidth=6.0)
     tokenizer.calibrate([real_like_audio(6.0, seed=seed) for seed in range(2)], sampling_rate=24000, iterations=10)
     return WhisperGPTProcessor(WhisperGPTFeatureExtractor(feature_size=TINY_MEL_BINS), tokenizer)
+
+
+@pytest.fixture(scope="session")
+def tiny_processor():
+    return build_tiny_processor()
 
 
 def pytest_configure(config) -> None:

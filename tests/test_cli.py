@@ -13,3 +13,33 @@ def test_presets_prints_parameter_counts_as_json(capsys) -> None:
     assert set(rows) == {"paper_gpt_s", "paper_hybrid", "paper_gpt_l"}
     assert rows["paper_gpt_s"]["params"] < rows["paper_hybrid"]["params"] < rows["paper_gpt_l"]["params"]
     assert all(abs(row["relative_difference"]) < 0.15 for row in rows.values())
+
+
+def test_generate_writes_wav_and_plot(tiny_processor, tmp_path, capsys) -> None:
+    import soundfile
+    from conftest import real_like_audio, tiny_config
+
+    from whisper_gpt import WhisperGPTForCausalLM
+
+    WhisperGPTForCausalLM(tiny_config()).save_pretrained(tmp_path / "model")
+    tiny_processor.save_pretrained(tmp_path / "model")
+    soundfile.write(tmp_path / "prompt.wav", real_like_audio(0.2, sampling_rate=16000), 16000)
+    out, png = tmp_path / "out.wav", tmp_path / "out.png"
+    main(
+        [
+            "generate",
+            str(tmp_path / "model"),
+            str(tmp_path / "prompt.wav"),
+            "--seconds",
+            "0.2",
+            "--out",
+            str(out),
+            "--plot",
+            str(png),
+        ]
+    )
+    audio, rate = soundfile.read(out)
+    assert rate == 24000
+    assert len(audio) == (15 + 15) * 320  # 0.2 s prompt -> 15 frames, plus 15 new frames
+    assert png.stat().st_size > 10_000
+    assert "not meant for listening" in capsys.readouterr().out

@@ -10,6 +10,7 @@ import textwrap
 import numpy as np
 import torch
 from conftest import real_like_audio, tiny_config
+from transformers import pipeline
 
 from whisper_gpt import WhisperGPTForCausalLM
 
@@ -19,7 +20,7 @@ REMOTE_SCRIPT = textwrap.dedent(
     import sys
     sys.modules["whisper_gpt"] = None
     import numpy as np, torch
-    from transformers import AutoModelForCausalLM, AutoProcessor
+    from transformers import AutoModelForCausalLM, AutoProcessor, pipeline
     folder, audio_path, out_path = sys.argv[1:]
     model = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True).eval()
     processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True)
@@ -27,12 +28,21 @@ REMOTE_SCRIPT = textwrap.dedent(
     batch = processor(audio=np.load(audio_path), sampling_rate=24000, return_tensors="pt")
     with torch.no_grad():
         logits = model(**batch).logits
-    np.savez(out_path, logits=logits.numpy(), input_ids=batch.input_ids.numpy(), module=type(model).__module__)
+    pipe = pipeline("audio-continuation", model=folder, trust_remote_code=True)
+    assert not type(pipe).__module__.startswith("whisper_gpt"), type(pipe).__module__
+    continuation = pipe(np.load(audio_path), sampling_rate=24000, max_new_seconds=0.1, return_prompt=False)
+    np.savez(
+        out_path,
+        logits=logits.numpy(),
+        input_ids=batch.input_ids.numpy(),
+        module=type(model).__module__,
+        continuation=continuation["audio"],
+    )
     """
 )
 
 
-def test_trust_remote_code_load_without_the_package(tiny_processor, tmp_path) -> None:
+def test_model_processor_and_pipeline_load_without_the_package(tiny_processor, tmp_path) -> None:
     model = WhisperGPTForCausalLM(tiny_config(num_codebooks=4)).eval()
     folder = tmp_path / "model"
     model.save_pretrained(folder)
@@ -73,3 +83,8 @@ def test_trust_remote_code_load_without_the_package(tiny_processor, tmp_path) ->
         local = model(**batch).logits
     np.testing.assert_array_equal(remote["input_ids"], batch.input_ids.numpy())
     np.testing.assert_array_equal(remote["logits"], local.numpy())
+
+    local_pipe = pipeline("audio-continuation", model=model, processor=tiny_processor)
+    expected = local_pipe(audio, sampling_rate=24000, max_new_seconds=0.1, return_prompt=False)["audio"]
+    assert len(remote["continuation"]) == round(0.1 * 75) * 320
+    np.testing.assert_allclose(remote["continuation"], expected, atol=1e-6)

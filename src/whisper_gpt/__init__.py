@@ -11,10 +11,17 @@ from transformers import (
     AutoModelForCausalLM,
     AutoProcessor,
 )
+from transformers.pipelines import PIPELINE_REGISTRY
 
 from .configuration_whisper_gpt import WhisperGPTConfig
 from .feature_extraction_whisper_gpt import WhisperGPTFeatureExtractor
-from .modeling_whisper_gpt import WhisperGPTForCausalLM, WhisperGPTModel, WhisperGPTPreTrainedModel
+from .modeling_whisper_gpt import (
+    WhisperGPTForCausalLM,
+    WhisperGPTGenerateOutput,
+    WhisperGPTModel,
+    WhisperGPTPreTrainedModel,
+)
+from .pipeline_whisper_gpt import TASK, AudioContinuationPipeline, WhisperGPTAudioStreamer
 from .processing_whisper_gpt import WhisperGPTProcessor
 from .tokenization_whisper_gpt import WhisperGPTAudioTokenizer, small_encodec_config
 
@@ -31,12 +38,16 @@ WhisperGPTModel.register_for_auto_class("AutoModel")
 WhisperGPTForCausalLM.register_for_auto_class("AutoModelForCausalLM")
 WhisperGPTFeatureExtractor.register_for_auto_class("AutoFeatureExtractor")
 WhisperGPTProcessor.register_for_auto_class("AutoProcessor")
+PIPELINE_REGISTRY.register_pipeline(TASK, pipeline_class=AudioContinuationPipeline, pt_model=AutoModelForCausalLM)
 
 __all__ = [
+    "AudioContinuationPipeline",
+    "WhisperGPTAudioStreamer",
     "WhisperGPTAudioTokenizer",
     "WhisperGPTConfig",
     "WhisperGPTFeatureExtractor",
     "WhisperGPTForCausalLM",
+    "WhisperGPTGenerateOutput",
     "WhisperGPTModel",
     "WhisperGPTPreTrainedModel",
     "WhisperGPTProcessor",

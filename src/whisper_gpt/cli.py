@@ -50,12 +50,90 @@ def _presets(args: argparse.Namespace) -> None:
         )
 
 
+class _ProgressStreamer:
+    """A generate() streamer that only advances a progress bar (first put: the prompt; then one per frame)."""
+
+    def __init__(self, frames: int):
+        from tqdm.auto import tqdm
+
+        self._bar = tqdm(total=frames, unit="frame", desc="generating")
+        self._seen_prompt = False
+
+    def put(self, codes) -> None:
+        if self._seen_prompt:
+            self._bar.update(codes.shape[-1])
+        self._seen_prompt = True
+
+    def end(self) -> None:
+        self._bar.close()
+
+
+def _generate(args: argparse.Namespace) -> None:
+    import soundfile
+    import torch
+
+    from whisper_gpt import WhisperGPTForCausalLM, WhisperGPTProcessor
+
+    model = WhisperGPTForCausalLM.from_pretrained(args.model_dir).eval()
+    processor = WhisperGPTProcessor.from_pretrained(args.model_dir)
+    audio, rate = soundfile.read(args.prompt, dtype="float32")
+    if args.prompt_seconds is not None:
+        audio = audio[-int(args.prompt_seconds * rate) :]
+    batch = processor(
+        audio=audio, sampling_rate=rate, mel_source=args.mel_source, mel_num_codebooks=model.config.num_codebooks
+    )
+    frames = max(1, round(args.seconds * model.config.frame_rate))
+    codes = model.generate(
+        **batch,
+        audio_tokenizer=processor.audio_tokenizer,
+        feature_extractor=processor.feature_extractor,
+        max_new_tokens=frames,
+        do_sample=not args.greedy,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        generator=torch.Generator().manual_seed(args.seed),
+        streamer=_ProgressStreamer(frames),
+    )
+    wave = processor.decode(codes[0])
+    soundfile.write(args.out, wave, processor.audio_tokenizer.sampling_rate)
+    print(f"wrote {args.out}: {len(wave) / processor.audio_tokenizer.sampling_rate:.2f} s ({frames} new frames)")
+    if not processor.audio_tokenizer.decoder_trained:
+        print("note: this codec's decoder was not trained, so the WAV is not meant for listening")
+    if args.plot:
+        from whisper_gpt.plotting import plot_continuation
+
+        plot_continuation(wave, batch.input_ids.shape[-1], args.plot, processor.feature_extractor)
+        print(f"wrote {args.plot}")
+
+
+def _add_generate_command(commands) -> None:
+    generate = commands.add_parser("generate", help="continue a WAV file with a saved model")
+    generate.add_argument("model_dir", help="folder written by save_pretrained (model + processor)")
+    generate.add_argument("prompt", help="audio file to continue (any rate; wav/flac/ogg/mp3)")
+    generate.add_argument("--seconds", type=float, default=5.0, help="seconds of audio to add (default 5)")
+    generate.add_argument("--out", default="continuation.wav", help="output WAV (prompt + continuation)")
+    generate.add_argument("--plot", help="also write a PNG of the prompt and continuation log-mel")
+    generate.add_argument("--prompt-seconds", type=float, help="use only the last N seconds of the prompt")
+    generate.add_argument("--greedy", action="store_true", help="greedy decoding instead of sampling")
+    generate.add_argument("--temperature", type=float, default=1.0)
+    generate.add_argument("--top-k", type=int, default=50)
+    generate.add_argument("--seed", type=int, default=0)
+    generate.add_argument(
+        "--mel-source",
+        choices=["audio", "codec"],
+        default="audio",
+        help="mel of the prompt: its audio or its codec resynthesis",
+    )
+    generate.set_defaults(handler=_generate)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="whisper-gpt", description="Whisper-GPT hybrid audio language model.")
     commands = parser.add_subparsers(dest="command", required=True)
     presets = commands.add_parser("presets", help="print the parameter counts of the paper's three models")
     presets.add_argument("--json", action="store_true", help="print JSON instead of a table")
     presets.set_defaults(handler=_presets)
+    _add_generate_command(commands)
     from whisper_gpt.corpus import register_cli as register_corpus
 
     register_corpus(commands)

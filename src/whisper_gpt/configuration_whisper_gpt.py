@@ -5,6 +5,10 @@ from __future__ import annotations
 from transformers import PretrainedConfig
 
 FUSION_MODES = ("concat", "sum")
+# Lets `pipeline(model=folder, trust_remote_code=True)` find the pipeline file the processor saves next to the weights.
+CUSTOM_PIPELINES = {
+    "audio-continuation": {"impl": "pipeline_whisper_gpt.AudioContinuationPipeline", "pt": ["AutoModelForCausalLM"]}
+}
 
 
 class WhisperGPTConfig(PretrainedConfig):
@@ -33,6 +37,8 @@ class WhisperGPTConfig(PretrainedConfig):
             over codebooks, used only when ``num_codebooks > 1``.
         sampling_rate (`int`, 24000), hop_length (`int`, 320): audio geometry of the codec and features the
             model was trained with; features or codecs of another geometry are refused.
+        n_fft (`int`, 1024): window of the causal log-mel frames; generation computes the mel frame of each
+            new frame with the same feature extractor settings.
         layer_norm_eps (`float`, 1e-5), initializer_range (`float`, 0.02).
         mel_init_scale (`float`, 0.1): scale of the mel part of the fusion projection at initialisation
             relative to ``initializer_range``, so the untrained mel path starts as a small perturbation of the
@@ -64,6 +70,7 @@ class WhisperGPTConfig(PretrainedConfig):
         depth_intermediate_size: int = 512,
         sampling_rate: int = 24000,
         hop_length: int = 320,
+        n_fft: int = 1024,
         layer_norm_eps: float = 1e-5,
         initializer_range: float = 0.02,
         mel_init_scale: float = 0.1,
@@ -90,11 +97,13 @@ class WhisperGPTConfig(PretrainedConfig):
         self.depth_intermediate_size = depth_intermediate_size
         self.sampling_rate = sampling_rate
         self.hop_length = hop_length
+        self.n_fft = n_fft
         self.layer_norm_eps = layer_norm_eps
         self.initializer_range = initializer_range
         self.mel_init_scale = mel_init_scale
         self.use_cache = use_cache
         self._validate()
+        kwargs.setdefault("custom_pipelines", CUSTOM_PIPELINES)
         super().__init__(**kwargs)
 
     def _validate(self) -> None:
@@ -108,6 +117,7 @@ class WhisperGPTConfig(PretrainedConfig):
             "max_position_embeddings": self.max_position_embeddings,
             "sampling_rate": self.sampling_rate,
             "hop_length": self.hop_length,
+            "n_fft": self.n_fft,
         }
         for name, value in positive.items():
             if not isinstance(value, int) or value < 1:

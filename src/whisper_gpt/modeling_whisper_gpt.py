@@ -7,7 +7,9 @@ Shapes: B batch, K codebooks, T frames, V codebook size, M mel bins, H hidden si
 
 from __future__ import annotations
 
+import copy
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -15,13 +17,22 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import initialization as init
 from transformers.cache_utils import Cache, DynamicCache
-from transformers.generation import GenerationMixin
+from transformers.generation import GenerationConfig, GenerationMixin
+from transformers.generation.logits_process import (
+    LogitsProcessorList,
+    RepetitionPenaltyLogitsProcessor,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 from transformers.modeling_utils import PreTrainedModel
+from transformers.utils import ModelOutput
 from transformers.utils.deprecation import deprecate_kwarg
 
 from .configuration_whisper_gpt import WhisperGPTConfig
+from .feature_extraction_whisper_gpt import WhisperGPTFeatureExtractor
 
 
 def eager_attention(
@@ -305,15 +316,8 @@ class WhisperGPTModel(WhisperGPTPreTrainedModel):
             )
         return codes
 
-    def _mel_states(
-        self,
-        input_features: torch.Tensor | None,
-        length: int,
-        position_ids: torch.Tensor,
-        mask: torch.Tensor | None,
-        cache: Cache | None,
-    ) -> torch.Tensor:
-        """(B, T, M) causal log-mel frames -> (B, T, S) mel stream."""
+    def _check_features(self, input_features: torch.Tensor | None, length: int) -> torch.Tensor:
+        """Validate (B, T, M) mel frames against the codes' length T and the config."""
         if input_features is None:
             raise ValueError(
                 "This hybrid model needs input_features (the causal log-mel frames aligned with input_ids); get "
@@ -330,6 +334,18 @@ class WhisperGPTModel(WhisperGPTPreTrainedModel):
                 f"input_features has {input_features.shape[1]} frames but input_ids has {length}; features and "
                 "codes must come from the same audio with the same hop length (use WhisperGPTProcessor)."
             )
+        return input_features
+
+    def _mel_states(
+        self,
+        input_features: torch.Tensor | None,
+        length: int,
+        position_ids: torch.Tensor,
+        mask: torch.Tensor | None,
+        cache: Cache | None,
+    ) -> torch.Tensor:
+        """(B, T, M) causal log-mel frames -> (B, T, S) mel stream."""
+        input_features = self._check_features(input_features, length)
         mel = self.mel_proj(input_features.to(self.mel_proj.weight.dtype)) + self.mel_positions(position_ids)
         for block in self.mel_blocks:
             mel, _ = block(mel, mask, cache=cache)
@@ -503,5 +519,291 @@ class WhisperGPTForCausalLM(WhisperGPTPreTrainedModel, GenerationMixin):
         shift_labels = labels[:, :, 1:].reshape(-1)
         return F.cross_entropy(shift_logits, shift_labels, ignore_index=-100)
 
+    # ------------------------------------------------------------------------------------------ generation
 
-__all__ = ["WhisperGPTForCausalLM", "WhisperGPTModel", "WhisperGPTPreTrainedModel"]
+    def mel_feature_extractor(self) -> WhisperGPTFeatureExtractor:
+        """The feature extractor whose settings this model was configured with (used for generated frames)."""
+        config = self.config
+        return WhisperGPTFeatureExtractor(
+            feature_size=config.num_mel_bins,
+            sampling_rate=config.sampling_rate,
+            hop_length=config.hop_length,
+            n_fft=config.n_fft,
+        )
+
+    def validate_feature_extractor(self, feature_extractor: WhisperGPTFeatureExtractor) -> None:
+        """Raise a ValueError when a feature extractor computes other mel frames than the model was built for."""
+        expected = {
+            "feature_size": self.config.num_mel_bins,
+            "sampling_rate": self.config.sampling_rate,
+            "hop_length": self.config.hop_length,
+            "n_fft": self.config.n_fft,
+        }
+        for name, value in expected.items():
+            if getattr(feature_extractor, name) != value:
+                raise ValueError(
+                    f"The feature extractor has {name}={getattr(feature_extractor, name)} but the model expects "
+                    f"{value}; use the processor saved with the model."
+                )
+
+    @torch.inference_mode()
+    def generate(
+        self,
+        input_ids: torch.LongTensor,
+        input_features: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        audio_tokenizer: Any = None,
+        feature_extractor: WhisperGPTFeatureExtractor | None = None,
+        generation_config: GenerationConfig | None = None,
+        generator: torch.Generator | None = None,
+        streamer: Any = None,
+        mel_window_frames: int = 32,
+        context_stride: int | None = None,
+        use_cache: bool = True,
+        return_dict_in_generate: bool = False,
+        **kwargs: Any,
+    ) -> torch.LongTensor | WhisperGPTGenerateOutput:
+        """Continue audio given as codes (and, for the hybrid model, its mel frames).
+
+        Args:
+            input_ids: (B, K_in >= K, T) prompt codes, right-padded as the processor returns them.
+            input_features: (B, T, M) prompt mel frames (hybrid model only).
+            attention_mask: (B, T) marks the real frames of prompts of different lengths.
+            audio_tokenizer: the codec the model was trained with. The hybrid model needs it: each new
+                frame's codes are decoded (the last ``mel_window_frames`` frames, a left-context window) and
+                the mel frame of the newest ``hop`` samples is computed with the feature extractor, exactly as
+                in training. A larger window decodes with more context (closer to decoding the whole clip) and
+                costs proportionally more per step; 32 frames (0.43 s) covers the codec's convolutions.
+            feature_extractor: defaults to `mel_feature_extractor()`; pass the processor's to be explicit.
+            generation_config / kwargs: ``max_new_tokens`` (frames to add), ``do_sample``, ``temperature``,
+                ``top_k``, ``top_p``, ``repetition_penalty`` (per codebook, over that codebook's history),
+                ``num_return_sequences``.
+            generator: a seeded `torch.Generator` for reproducible sampling (else the global RNG, so
+                `transformers.set_seed` works too).
+            streamer: an object with ``put(codes)`` called with each new frame (B, K, 1) and ``end()``.
+            context_stride: when the context (``max_position_embeddings`` frames) is full, the oldest
+                ``context_stride`` frames are dropped and the rest re-encoded as a new prompt (positions restart
+                at 0). Defaults to a quarter of the context.
+            use_cache: reuse the KV cache (True) or recompute the whole window every step (False; same result).
+        Returns:
+            (B * num_return_sequences, K, T + max_new_tokens) codes: each prompt's real frames followed by its
+            continuation, right-padded with 0. With ``return_dict_in_generate`` a `WhisperGPTGenerateOutput` that
+            also holds the attention mask and, for the hybrid model, the mel frames it used.
+        """
+        config = self._generation_config(generation_config, kwargs)
+        codes = self.model._select_codes(input_ids)  # (B, K, T)
+        batch_size, _, length = codes.shape
+        lengths = attention_mask.sum(-1).long() if attention_mask is not None else torch.full((batch_size,), length)
+        if bool((lengths < 1).any()):
+            raise ValueError("Every prompt needs at least one frame of audio; got an empty prompt.")
+        if self.config.use_spectrogram:
+            if audio_tokenizer is None:
+                raise ValueError(
+                    "The hybrid model needs audio_tokenizer= in generate(): each new frame's mel spectrogram is "
+                    "computed from its decoded audio. Pass processor.audio_tokenizer."
+                )
+            self.validate_audio_tokenizer(audio_tokenizer)
+            feature_extractor = feature_extractor or self.mel_feature_extractor()
+            self.validate_feature_extractor(feature_extractor)
+            input_features = self.model._check_features(input_features, length)
+        else:
+            input_features = None
+        codes, input_features, mask = _left_align(codes, input_features, lengths)
+        repeats = config.num_return_sequences or 1
+        codes, mask = codes.repeat_interleave(repeats, 0), mask.repeat_interleave(repeats, 0)
+        if input_features is not None:
+            input_features = input_features.repeat_interleave(repeats, 0)
+        processors = _logits_processors(config)
+        context = self.config.max_position_embeddings
+        stride = context_stride or max(1, context // 4)
+        if not 0 < stride < context:
+            raise ValueError(f"context_stride must be in [1, {context - 1}], got {stride}.")
+
+        state = _GenerationState(codes, input_features, mask)
+        if streamer is not None:
+            if codes.shape[0] != 1:
+                raise ValueError("A streamer follows one sequence: use batch size 1 and num_return_sequences=1.")
+            streamer.put(state.prompt_codes[..., -int(lengths[0]) :].cpu())
+        if state.codes.shape[-1] > context:  # a prompt longer than the context: keep its newest frames
+            state.crop(context - stride)
+        cache, frame_state = self._prefill(state, use_cache)
+        for step in range(config.max_new_tokens):
+            new_codes = self._sample_frame(frame_state, state.codes, processors, config.do_sample, generator)
+            state.append(
+                new_codes, self._next_mel(state.codes, new_codes, audio_tokenizer, feature_extractor, mel_window_frames)
+            )
+            if streamer is not None:
+                streamer.put(new_codes[:, :, None].cpu())
+            if step == config.max_new_tokens - 1:
+                break
+            if state.codes.shape[-1] > context:  # context full: slide the window
+                state.crop(context - stride)
+                cache = None
+            if cache is None or not use_cache:
+                cache, frame_state = self._prefill(state, use_cache)
+            else:
+                out = self.model(
+                    input_ids=state.codes[..., -1:],
+                    input_features=None if state.features is None else state.features[:, -1:],
+                    attention_mask=state.mask,
+                    position_ids=state.positions()[:, -1:],
+                    cache=cache,
+                )
+                frame_state = out.last_hidden_state[:, -1]
+        if streamer is not None:
+            streamer.end()
+        sequences, out_mask = state.right_aligned(lengths.repeat_interleave(repeats), config.max_new_tokens)
+        if return_dict_in_generate:
+            return WhisperGPTGenerateOutput(
+                sequences=sequences, attention_mask=out_mask, input_features=state.all_features
+            )
+        return sequences
+
+    def _generation_config(self, generation_config: GenerationConfig | None, kwargs: dict) -> GenerationConfig:
+        config = copy.deepcopy(generation_config or self.generation_config)
+        unused = config.update(**kwargs)
+        if unused:
+            raise TypeError(f"generate() got unexpected arguments: {sorted(unused)}")
+        if config.max_new_tokens is None:
+            raise ValueError("Pass max_new_tokens: the number of frames (75 per second of audio) to generate.")
+        if config.num_beams not in (None, 1):
+            raise ValueError("Beam search is not supported; use greedy decoding or sampling.")
+        return config
+
+    def _prefill(self, state: _GenerationState, use_cache: bool) -> tuple[Cache | None, torch.Tensor]:
+        """Run the current window; returns the cache (if used) and the last frame's state (B, H)."""
+        out = self.model(
+            input_ids=state.codes,
+            input_features=state.features,
+            attention_mask=state.mask,
+            position_ids=state.positions(),
+            use_cache=use_cache,
+        )
+        return out.cache, out.last_hidden_state[:, -1]
+
+    def _sample_frame(
+        self,
+        frame_state: torch.Tensor,
+        history: torch.Tensor,
+        processors: LogitsProcessorList,
+        do_sample: bool,
+        generator: torch.Generator | None,
+    ) -> torch.Tensor:
+        """Pick the K codes of the next frame from the frame state (B, H); history (B, K, L). Returns (B, K)."""
+        picked = history.new_zeros(history.shape[0], 0)
+        for codebook in range(self.config.num_codebooks):
+            if self.config.num_codebooks == 1:
+                scores = self.lm_head(frame_state)
+            else:  # codebook k conditions on the codes already picked for this frame
+                scores = self.depth_decoder(frame_state, picked)[:, -1]
+            scores = processors(history[:, codebook], scores.float())
+            if do_sample:
+                probs = scores.softmax(dim=-1)
+                code = torch.multinomial(probs, 1, generator=generator)
+            else:
+                code = scores.argmax(dim=-1, keepdim=True)
+            picked = torch.cat([picked, code], dim=1)
+        return picked
+
+    def _next_mel(
+        self,
+        codes: torch.Tensor,
+        new_codes: torch.Tensor,
+        audio_tokenizer: Any,
+        feature_extractor: WhisperGPTFeatureExtractor | None,
+        window: int,
+    ) -> torch.Tensor | None:
+        """Mel frame (B, 1, M) of the newest frame: decode the last ``window`` frames, take the newest samples."""
+        if not self.config.use_spectrogram:
+            return None
+        recent = torch.cat([codes, new_codes[:, :, None]], dim=-1)[..., -window:]
+        audio = audio_tokenizer.decode(recent).to(self.device)  # (B, window * hop)
+        # Whole hops covering n_fft samples, so the last frame's window ends exactly at the newest sample.
+        needed = math.ceil(feature_extractor.n_fft / feature_extractor.hop_length) * feature_extractor.hop_length
+        mel = feature_extractor.causal_log_mel(audio[:, -needed:])[:, -1:]
+        return mel.to(self.dtype)
+
+
+@dataclass
+class WhisperGPTGenerateOutput(ModelOutput):
+    """sequences (B, K, T + N) codes; attention_mask (B, T + N) real frames; input_features (B, T + N, M) the mel
+    frames the hybrid model read (prompt frames, then frames computed from generated audio)."""
+
+    sequences: torch.LongTensor | None = None
+    attention_mask: torch.LongTensor | None = None
+    input_features: torch.Tensor | None = None
+
+
+def _left_align(
+    codes: torch.Tensor, features: torch.Tensor | None, lengths: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """Right-padded prompts -> left-padded ones, so every prompt's newest frame is the last column."""
+    batch_size, _, length = codes.shape
+    shift = (length - lengths).tolist()
+    codes = torch.stack([torch.roll(codes[i], shift[i], dims=-1) for i in range(batch_size)])
+    if features is not None:
+        features = torch.stack([torch.roll(features[i], shift[i], dims=0) for i in range(batch_size)])
+    mask = (torch.arange(length)[None, :] >= torch.tensor(shift)[:, None]).long().to(codes.device)
+    return codes * mask[:, None], features, mask
+
+
+def _logits_processors(config: GenerationConfig) -> LogitsProcessorList:
+    processors = LogitsProcessorList()
+    if config.repetition_penalty is not None and config.repetition_penalty != 1.0:
+        processors.append(RepetitionPenaltyLogitsProcessor(config.repetition_penalty))
+    if config.do_sample:
+        if config.temperature is not None and config.temperature != 1.0:
+            processors.append(TemperatureLogitsWarper(config.temperature))
+        if config.top_k:
+            processors.append(TopKLogitsWarper(config.top_k))
+        if config.top_p is not None and config.top_p < 1.0:
+            processors.append(TopPLogitsWarper(config.top_p))
+    return processors
+
+
+class _GenerationState:
+    """The window the model reads during generation, left-padded: codes (B, K, W), features (B, W, M), mask (B, W).
+
+    Also keeps every mel frame used, for `WhisperGPTGenerateOutput.input_features`.
+    """
+
+    def __init__(self, codes: torch.Tensor, features: torch.Tensor | None, mask: torch.Tensor):
+        self.codes, self.features, self.mask = codes, features, mask
+        self.generated: list[torch.Tensor] = []
+        self.generated_features: list[torch.Tensor] = []
+        self.prompt_codes, self.prompt_features, self.prompt_mask = codes, features, mask
+
+    def positions(self) -> torch.Tensor:
+        return (self.mask.cumsum(-1) - 1).clamp(min=0)
+
+    def append(self, new_codes: torch.Tensor, new_features: torch.Tensor | None) -> None:
+        self.generated.append(new_codes)
+        self.codes = torch.cat([self.codes, new_codes[:, :, None]], dim=-1)
+        self.mask = F.pad(self.mask, (0, 1), value=1)
+        if new_features is not None:
+            self.generated_features.append(new_features)
+            self.features = torch.cat([self.features, new_features], dim=1)
+
+    def crop(self, keep: int) -> None:
+        self.codes, self.mask = self.codes[..., -keep:], self.mask[:, -keep:]
+        if self.features is not None:
+            self.features = self.features[:, -keep:]
+
+    @property
+    def all_features(self) -> torch.Tensor | None:
+        if self.prompt_features is None:
+            return None
+        return torch.cat([self.prompt_features, *self.generated_features], dim=1)
+
+    def right_aligned(self, lengths: torch.Tensor, new_frames: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Prompt (left-padded) + generated frames -> (B, K, T + N) right-padded codes and mask."""
+        generated = torch.stack(self.generated, dim=-1)  # (B, K, N)
+        full = torch.cat([self.prompt_codes, generated], dim=-1)
+        total = full.shape[-1]
+        shift = (total - (lengths + new_frames)).tolist()
+        sequences = torch.stack([torch.roll(full[i], -shift[i], dims=-1) for i in range(full.shape[0])])
+        mask = (torch.arange(total)[None, :] < (lengths + new_frames)[:, None]).long()
+        return sequences * mask[:, None], mask
+
+
+__all__ = ["WhisperGPTForCausalLM", "WhisperGPTGenerateOutput", "WhisperGPTModel", "WhisperGPTPreTrainedModel"]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -14,6 +16,7 @@ from .feature_extraction_whisper_gpt import AudioInput, WhisperGPTFeatureExtract
 from .tokenization_whisper_gpt import WhisperGPTAudioTokenizer
 
 AUDIO_TOKENIZER_SUBFOLDER = "audio_tokenizer"
+PIPELINE_FILE = "pipeline_whisper_gpt.py"
 # Arguments of from_pretrained that only concern where files come from, forwarded to both components.
 HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder")
 
@@ -66,25 +69,50 @@ class WhisperGPTProcessor(ProcessorMixin):
         audio: AudioInput | list[AudioInput] | None = None,
         sampling_rate: int | None = None,
         return_tensors: str | None = "pt",
+        mel_source: str = "audio",
+        mel_num_codebooks: int | None = None,
         **kwargs: Any,
     ) -> BatchFeature:
         """Encode one clip or a list of clips (any rate, mono or stereo, float or integer PCM).
 
-        Returns a `BatchFeature` with ``input_ids`` (B, K, T) int64, ``input_features`` (B, T, M) float32 and
-        ``attention_mask`` (B, T) int64.
+        Args:
+            mel_source: ``"audio"`` computes the mel frames from the audio itself. ``"codec"`` computes them from
+                the codec's resynthesis ``decode(encode(audio))`` with the first ``mel_num_codebooks`` codebooks
+                (default: all the codec emits). Generation can only compute mel frames from decoded codes, so a
+                hybrid model trained on ``"codec"`` mel sees the same kind of input in training and generation;
+                use it with the model's ``num_codebooks`` (e.g. 1 for the paper's model, whose one-codebook
+                audio is far from the original) whenever the model will generate.
+        Returns:
+            `BatchFeature` with ``input_ids`` (B, K, T) int64, ``input_features`` (B, T, M) float32 and
+            ``attention_mask`` (B, T) int64.
         """
         if kwargs:
             raise TypeError(f"Unexpected arguments for WhisperGPTProcessor: {sorted(kwargs)}")
         if audio is None:
             raise ValueError("Pass the audio to encode: processor(audio=waveform, sampling_rate=rate).")
+        if mel_source not in ("audio", "codec"):
+            raise ValueError(f'mel_source must be "audio" or "codec", got {mel_source!r}.')
         clips = normalize_audio_batch(audio, sampling_rate, self.sampling_rate)
-        features = self.feature_extractor.features_from_clips(clips, return_tensors="np")
         codes = self.audio_tokenizer.encode_clips(clips)  # list of (K, T_i)
+        if mel_source == "codec":
+            clips = [
+                self.resynthesize(clip_codes, mel_num_codebooks, len(clip))
+                for clip_codes, clip in zip(codes, clips, strict=True)
+            ]
+        features = self.feature_extractor.features_from_clips(clips, return_tensors="np")
         batch_codes = np.zeros((len(clips), codes[0].shape[0], features["input_features"].shape[1]), np.int64)
         for index, clip_codes in enumerate(codes):
             batch_codes[index, :, : clip_codes.shape[-1]] = clip_codes.cpu().numpy()
         data = {"input_ids": batch_codes, **features}
         return BatchFeature(data, tensor_type=return_tensors)
+
+    def resynthesize(self, codes: torch.Tensor, num_codebooks: int | None, num_samples: int) -> np.ndarray:
+        """Codes (K, T) -> the codec's audio from the first ``num_codebooks`` codebooks, ``num_samples`` long."""
+        num_codebooks = num_codebooks or codes.shape[0]
+        if not 1 <= num_codebooks <= codes.shape[0]:
+            raise ValueError(f"mel_num_codebooks must be in [1, {codes.shape[0]}], got {num_codebooks}.")
+        audio = self.audio_tokenizer.decode(codes[None, :num_codebooks])[0]
+        return audio[:num_samples].cpu().numpy().astype(np.float32)
 
     def batch_decode(self, codes: torch.Tensor | np.ndarray, attention_mask: Any = None) -> list[np.ndarray]:
         """Codes (B, K, T) -> list of B float32 waveforms at the codec's rate, trimmed to ``attention_mask``."""
@@ -111,6 +139,10 @@ class WhisperGPTProcessor(ProcessorMixin):
         """Write the feature extractor config and the codec (``audio_tokenizer/``) to ``save_directory``."""
         files = super().save_pretrained(save_directory, **kwargs)
         self.audio_tokenizer.save_pretrained(os.path.join(save_directory, AUDIO_TOKENIZER_SUBFOLDER))
+        # The audio-continuation pipeline needs the processor, so its code travels with it (see CUSTOM_PIPELINES).
+        pipeline_file = Path(__file__).with_name(PIPELINE_FILE)
+        if pipeline_file.exists():
+            shutil.copy(pipeline_file, Path(save_directory) / PIPELINE_FILE)
         if push_to_hub:
             self.push_to_hub(kwargs.pop("repo_id", os.path.basename(os.path.abspath(save_directory))), **kwargs)
         return files

@@ -1,0 +1,182 @@
+"""The ``audio-continuation`` pipeline and a streamer that yields audio while generation runs."""
+
+from __future__ import annotations
+
+import queue
+from typing import Any
+
+import numpy as np
+import torch
+from transformers import Pipeline
+
+TASK = "audio-continuation"
+
+
+class AudioContinuationPipeline(Pipeline):
+    """Continue a piece of audio with a Whisper-GPT model.
+
+    ```python
+    pipe = pipeline("audio-continuation", model="path/or/hub-id", trust_remote_code=True)
+    out = pipe(waveform, sampling_rate=16000, max_new_seconds=5.0, do_sample=True, top_k=50)
+    out["audio"], out["sampling_rate"]  # float32 (num_samples,), the codec's rate (24000)
+    ```
+
+    Inputs: a waveform (any rate, mono or stereo, float or integer PCM) with ``sampling_rate``, a path to an
+    audio file, a dict ``{"array": ..., "sampling_rate": ...}`` (as `datasets` yields), or a list of these (a
+    list of results comes back). ``return_prompt=False`` returns only the continuation. Other keyword arguments
+    go to `WhisperGPTForCausalLM.generate` (``do_sample``, ``temperature``, ``top_k``, ``top_p``, ``generator``,
+    ``num_return_sequences`` ...).
+    """
+
+    _load_processor = True
+    _load_feature_extractor = False
+    _load_tokenizer = False
+    _load_image_processor = False
+
+    def _sanitize_parameters(
+        self,
+        sampling_rate: int | None = None,
+        max_new_seconds: float | None = None,
+        max_new_tokens: int | None = None,
+        return_prompt: bool | None = None,
+        **generate_kwargs: Any,
+    ) -> tuple[dict, dict, dict]:
+        if max_new_seconds is not None and max_new_tokens is not None:
+            raise ValueError("Pass max_new_seconds or max_new_tokens (frames), not both.")
+        if max_new_seconds is not None:
+            if max_new_seconds <= 0:
+                raise ValueError(f"max_new_seconds must be positive, got {max_new_seconds}.")
+            max_new_tokens = max(1, round(max_new_seconds * self.model.config.frame_rate))
+        forward_params = dict(generate_kwargs)
+        if max_new_tokens is not None:
+            forward_params["max_new_tokens"] = max_new_tokens
+        preprocess_params = {} if sampling_rate is None else {"sampling_rate": sampling_rate}
+        postprocess_params = {} if return_prompt is None else {"return_prompt": return_prompt}
+        return preprocess_params, forward_params, postprocess_params
+
+    def preprocess(self, audio: Any, sampling_rate: int | None = None) -> dict[str, Any]:
+        waveform, rate = _read_audio(audio, sampling_rate)
+        inputs = self.processor(audio=waveform, sampling_rate=rate, return_tensors="pt")
+        return dict(inputs)
+
+    def _forward(self, model_inputs: dict[str, Any], **generate_kwargs: Any) -> dict[str, Any]:
+        generate_kwargs.setdefault("max_new_tokens", round(5.0 * self.model.config.frame_rate))
+        prompt_frames = int(model_inputs["attention_mask"].sum())
+        output = self.model.generate(
+            **model_inputs,
+            audio_tokenizer=self.processor.audio_tokenizer,
+            feature_extractor=self.processor.feature_extractor,
+            return_dict_in_generate=True,
+            **generate_kwargs,
+        )
+        return {"sequences": output.sequences, "attention_mask": output.attention_mask, "prompt_frames": prompt_frames}
+
+    def postprocess(self, outputs: dict[str, Any], return_prompt: bool = True) -> dict | list[dict]:
+        waves = self.processor.batch_decode(outputs["sequences"], attention_mask=outputs["attention_mask"])
+        start = 0 if return_prompt else outputs["prompt_frames"] * self.processor.audio_tokenizer.hop_length
+        results = [
+            {"audio": wave[start:], "sampling_rate": self.processor.audio_tokenizer.sampling_rate} for wave in waves
+        ]
+        return results[0] if len(results) == 1 else results
+
+
+def _read_audio(audio: Any, sampling_rate: int | None) -> tuple[Any, int]:
+    """Accept a waveform + rate, a file path, or a {"array"/"raw", "sampling_rate"} dict."""
+    if isinstance(audio, str):
+        import soundfile
+
+        data, file_rate = soundfile.read(audio, dtype="float32", always_2d=False)
+        if sampling_rate is not None and sampling_rate != file_rate:
+            raise ValueError(f"{audio} is at {file_rate} Hz but sampling_rate={sampling_rate} was passed; drop it.")
+        return data, file_rate
+    if isinstance(audio, dict):
+        array = audio.get("array", audio.get("raw"))
+        if array is None or "sampling_rate" not in audio:
+            raise ValueError('An audio dict needs "array" (or "raw") and "sampling_rate" keys.')
+        return array, audio["sampling_rate"]
+    if sampling_rate is None:
+        raise ValueError(
+            "sampling_rate is required with a raw waveform: pipe(waveform, sampling_rate=16000). It is resampled "
+            "to the codec's rate when it differs."
+        )
+    return audio, sampling_rate
+
+
+class WhisperGPTAudioStreamer:
+    """Receives codes from `generate(..., streamer=...)` and hands out playable audio chunks as they are ready.
+
+    ```python
+    streamer = WhisperGPTAudioStreamer(processor.audio_tokenizer, chunk_frames=75)  # ~1 s chunks
+    thread = threading.Thread(target=model.generate, kwargs={**prompt, "streamer": streamer, ...})
+    thread.start()
+    for chunk in streamer:  # float32 numpy arrays at the codec's rate
+        play(chunk)
+    ```
+
+    Each chunk is the newest part of decoding ALL codes so far (prompt included, for context). The codec's
+    decoding is causal, so a chunk never changes once emitted and the chunks concatenate to the continuation
+    part of decoding the final codes in one go. ``skip_prompt=False`` also emits the prompt's audio first.
+    Batch size 1 only, as transformers' streamers. ``on_chunk`` is called with each chunk as well.
+    """
+
+    def __init__(
+        self,
+        audio_tokenizer: Any,
+        chunk_frames: int = 75,
+        skip_prompt: bool = True,
+        timeout: float | None = None,
+        on_chunk: Any = None,
+    ):
+        if chunk_frames < 1:
+            raise ValueError(f"chunk_frames must be >= 1, got {chunk_frames}.")
+        self.audio_tokenizer = audio_tokenizer
+        self.chunk_frames = chunk_frames
+        self.skip_prompt = skip_prompt
+        self.timeout = timeout
+        self.on_chunk = on_chunk
+        self._chunks: queue.Queue = queue.Queue()
+        self._codes: torch.Tensor | None = None
+        self._emitted_frames = 0
+        self._pending = 0
+
+    def put(self, codes: torch.Tensor) -> None:
+        """First call: the prompt's codes (1, K, T); then each new frame (1, K, 1)."""
+        if codes.shape[0] != 1:
+            raise ValueError("WhisperGPTAudioStreamer streams one sequence: use batch size 1 and one return sequence.")
+        if self._codes is None:
+            self._codes = codes
+            if self.skip_prompt:
+                self._emitted_frames = codes.shape[-1]
+            else:
+                self._flush()
+            return
+        self._codes = torch.cat([self._codes, codes], dim=-1)
+        self._pending += codes.shape[-1]
+        if self._pending >= self.chunk_frames:
+            self._flush()
+
+    def end(self) -> None:
+        self._flush()
+        self._chunks.put(None)
+
+    def _flush(self) -> None:
+        total = self._codes.shape[-1]
+        if total > self._emitted_frames:
+            audio = self.audio_tokenizer.decode(self._codes)[0].cpu().numpy().astype(np.float32)
+            chunk = audio[self._emitted_frames * self.audio_tokenizer.hop_length :]
+            self._emitted_frames, self._pending = total, 0
+            if self.on_chunk is not None:
+                self.on_chunk(chunk)
+            self._chunks.put(chunk)
+
+    def __iter__(self) -> WhisperGPTAudioStreamer:
+        return self
+
+    def __next__(self) -> np.ndarray:
+        chunk = self._chunks.get(timeout=self.timeout)
+        if chunk is None:
+            raise StopIteration
+        return chunk
+
+
+__all__ = ["AudioContinuationPipeline", "WhisperGPTAudioStreamer"]
