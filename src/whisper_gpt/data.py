@@ -1,0 +1,575 @@
+"""Audio -> aligned codes and causal log-mel frames with `datasets`, and the batches the model trains on.
+
+Three steps:
+
+1. `build_processor`: calibrate a locally built EnCodec's codebooks on training audio (k-means, see
+   `WhisperGPTAudioTokenizer.calibrate`) and wrap it with the causal log-mel feature extractor. Skip it when a
+   trained codec is available (`WhisperGPTProcessor.from_pretrained`).
+2. `prepare_dataset`: a folder of audio files, a built corpus (`whisper_gpt.corpus`) or a `datasets.Dataset` with
+   an audio column -> a `datasets.Dataset` with one row per file:
+
+   * ``codes``: (T, K) uint16 codec codes (frame-major, so `datasets` can store a variable T),
+   * ``input_features``: (T, M) float16 causal log-mel frames, aligned 1:1 with the codes,
+   * ``num_frames``: T, and ``path``: where the audio came from.
+
+   The result is saved with `Dataset.save_to_disk` under a fingerprint of the processor (feature extractor
+   settings, codec weights, bandwidth) and of the inputs (paths, sizes, modification times; or the input
+   dataset's own fingerprint), so a second run loads it memory-mapped in well under a second. Audio is decoded
+   with soundfile, never torchcodec. ``streaming=True`` instead returns a lazily encoded `IterableDataset`
+   (nothing is stored), split between processes with `datasets.distributed.split_dataset_by_node`.
+3. `WhisperGPTDataCollator`: rows -> padded model inputs, with fixed-length random crops for training;
+   `TrainingCrops` + `EpochShuffleSampler` make those crops reproducible (for exact resumption) and
+   `SlidingWindows` cuts whole files into evaluation windows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import soundfile as sf
+import torch
+
+from .feature_extraction_whisper_gpt import WhisperGPTFeatureExtractor, normalize_audio_batch
+from .processing_whisper_gpt import WhisperGPTProcessor
+from .tokenization_whisper_gpt import WhisperGPTAudioTokenizer, small_encodec_config
+
+logger = logging.getLogger(__name__)
+
+# Bumped whenever the layout of a prepared dataset changes, so old caches are never read as new ones.
+PREPARED_FORMAT = 1
+PREPARED_COLUMNS = ("path", "codes", "input_features", "num_frames")
+DEFAULT_CACHE_DIR = Path(os.environ.get("HF_DATASETS_CACHE", Path.home() / ".cache" / "huggingface" / "datasets"))
+
+
+def load_audio(source: str | os.PathLike | bytes | dict) -> tuple[np.ndarray, int]:
+    """Decode one audio file with soundfile.
+
+    Args:
+        source: a path, the file's bytes, or a `datasets` audio value: ``{"path": ..., "bytes": ...}`` (as
+            ``Audio(decode=False)`` gives it) or ``{"array": ..., "sampling_rate": ...}`` (already decoded).
+    Returns:
+        (samples (N,) or (N, channels) float32, sampling rate).
+    """
+    if isinstance(source, dict):
+        if source.get("array") is not None:
+            if source.get("sampling_rate") is None:
+                raise ValueError("An audio value with an 'array' needs its 'sampling_rate'.")
+            return np.asarray(source["array"], dtype=np.float32), int(source["sampling_rate"])
+        if source.get("bytes") is not None:
+            source = source["bytes"]
+        elif source.get("path") is not None:
+            source = source["path"]
+        else:
+            raise ValueError(f"Audio value holds neither 'array', 'bytes' nor 'path': keys {sorted(source)}.")
+    handle = io.BytesIO(source) if isinstance(source, bytes) else str(source)
+    data, rate = sf.read(handle, dtype="float32", always_2d=False)
+    return data, int(rate)
+
+
+def build_processor(
+    calibration_audio: Iterable[str | os.PathLike | np.ndarray],
+    sampling_rate: int | None = None,
+    *,
+    num_mel_bins: int = 80,
+    codebook_size: int = 1024,
+    bandwidth: float = 6.0,
+    num_codebooks: int | None = None,
+    max_frames: int = 100_000,
+    iterations: int = 20,
+    seed: int = 0,
+) -> tuple[WhisperGPTProcessor, dict[str, Any]]:
+    """Build a small local 24 kHz EnCodec, calibrate its codebooks on ``calibration_audio``, wrap it in a processor.
+
+    Use this where no trained codec can be downloaded; the codes are k-means centroids of a random encoder's
+    output, good enough to train and compare language models on, not to listen to (see `small_encodec_config`).
+
+    Args:
+        calibration_audio: audio file paths, or arrays at ``sampling_rate``.
+        sampling_rate: rate of the arrays (ignored for paths, whose rate comes from the file).
+        num_mel_bins: mel bins of the feature extractor; must equal the model config's ``num_mel_bins``.
+        codebook_size: codes per codebook (the model's ``codebook_size``).
+        bandwidth: codec bandwidth in kbps; 1.5 gives 2 codebooks, 6.0 gives 8.
+        num_codebooks: codebooks to calibrate (default: all used at ``bandwidth``).
+        max_frames, iterations: k-means sample size (75 frames per second of audio) and iterations.
+        seed: seeds the codec's random weights and the k-means.
+    Returns:
+        (processor, calibration statistics from `WhisperGPTAudioTokenizer.calibrate`).
+    """
+    from transformers import EncodecModel
+
+    # The codec's encoder weights are random; seeding makes the same call build the same codec.
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        codec = EncodecModel(small_encodec_config(codebook_size=codebook_size))
+    tokenizer = WhisperGPTAudioTokenizer(codec, bandwidth=bandwidth, decoder_trained=False)
+
+    def clips() -> Iterator[tuple[np.ndarray, int]]:
+        for item in calibration_audio:
+            yield (item, sampling_rate) if isinstance(item, np.ndarray) else load_audio(item)
+
+    # calibrate() takes one sampling rate for everything, so files are brought to the codec's rate first.
+    resampled = (normalize_audio_batch(clip, rate, tokenizer.sampling_rate)[0] for clip, rate in clips())
+    stats = tokenizer.calibrate(
+        resampled,
+        sampling_rate=tokenizer.sampling_rate,
+        max_frames=max_frames,
+        iterations=iterations,
+        seed=seed,
+        num_codebooks=num_codebooks,
+    )
+    processor = WhisperGPTProcessor(WhisperGPTFeatureExtractor(feature_size=num_mel_bins), tokenizer)
+    return processor, stats
+
+
+def processor_fingerprint(processor: WhisperGPTProcessor) -> str:
+    """A hash of everything in a processor that changes the codes or features it produces."""
+    digest = hashlib.sha256()
+    settings = processor.feature_extractor.to_dict()
+    settings.pop("processor_class", None)
+    settings["bandwidth"] = processor.audio_tokenizer.bandwidth
+    digest.update(json.dumps(settings, sort_keys=True, default=str).encode())
+    for name, tensor in sorted(processor.audio_tokenizer.codec.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _code_dtype(codebook_size: int) -> str:
+    return "uint16" if codebook_size <= 2**16 else "int32"
+
+
+def prepared_features(processor: WhisperGPTProcessor):
+    """The `datasets.Features` of a prepared dataset made with ``processor``."""
+    from datasets import Array2D, Features, Value
+
+    tokenizer = processor.audio_tokenizer
+    return Features(
+        {
+            "path": Value("string"),
+            "codes": Array2D(shape=(None, tokenizer.num_codebooks), dtype=_code_dtype(tokenizer.codebook_size)),
+            "input_features": Array2D(shape=(None, processor.feature_extractor.feature_size), dtype="float16"),
+            "num_frames": Value("int32"),
+        }
+    )
+
+
+class _Encoder:
+    """The `datasets.map` function: a batch of audio references -> codes and features.
+
+    It carries the processor's folder rather than the processor, because EnCodec's weight-normalised layers
+    cannot be pickled into `num_proc` worker processes; each worker loads the processor once.
+    """
+
+    def __init__(self, processor_dir: str, audio_column: str, processor: WhisperGPTProcessor | None = None):
+        self.processor_dir = processor_dir
+        self.audio_column = audio_column
+        self._processor = processor
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_processor": None}
+
+    @property
+    def processor(self) -> WhisperGPTProcessor:
+        if self._processor is None:
+            # One thread per worker: several workers with several threads each oversubscribe the cores.
+            torch.set_num_threads(1)
+            self._processor = WhisperGPTProcessor.from_pretrained(self.processor_dir)
+        return self._processor
+
+    def __call__(self, batch: dict[str, list], indices: list[int]) -> dict[str, list]:
+        out: dict[str, list] = {name: [] for name in PREPARED_COLUMNS}
+        for value, row in zip(batch[self.audio_column], indices, strict=True):
+            name = _describe(value, row)
+            try:
+                audio, rate = load_audio(value)
+                inputs = self.processor(audio=audio, sampling_rate=rate, return_tensors="np")
+            except (ValueError, RuntimeError, sf.LibsndfileError) as error:
+                # One unreadable or empty file should not cost the user the whole corpus.
+                logger.warning("skipped %s: %s", name, error)
+                continue
+            out["path"].append(name)
+            out["codes"].append(inputs["input_ids"][0].T)  # (T, K)
+            out["input_features"].append(inputs["input_features"][0].astype(np.float16))  # (T, M)
+            out["num_frames"].append(inputs["input_ids"].shape[-1])
+        return out
+
+
+def _describe(value: Any, row: int) -> str:
+    """Where a row's audio came from: its file path, else its row number in the input dataset."""
+    if isinstance(value, (str, os.PathLike)):
+        return str(value)
+    if isinstance(value, dict) and value.get("path"):
+        return str(value["path"])
+    return f"row {row}"
+
+
+def _source_rows(data: Any, split: str | None, audio_column: str) -> tuple[Any, str, str, str]:
+    """Normalise the input of `prepare_dataset`.
+
+    Returns (dataset of audio references, its audio column, a fingerprint of the inputs, a short name).
+    """
+    import datasets
+
+    if isinstance(data, (str, os.PathLike)):
+        path = Path(data)
+        if not path.is_dir():
+            raise ValueError(f"{path} is not a folder of audio files, a built corpus or a saved dataset.")
+        if (path / "dataset_info.json").is_file() or (path / "dataset_dict.json").is_file():
+            return _source_rows(datasets.load_from_disk(str(path)), split, audio_column)
+        from .corpus import audio_files
+
+        files = audio_files(path, split=split)
+        if not files:
+            raise ValueError(f"{path} holds no audio files" + (f" in split {split!r}" if split else "") + ".")
+        digest = hashlib.sha256()
+        for file in files:
+            stat = file.stat()
+            digest.update(f"{file.resolve()}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+        name = f"{path.resolve().name}-{split or 'all'}"
+        return datasets.Dataset.from_dict({"file": [str(f) for f in files]}), "file", digest.hexdigest(), name
+    if isinstance(data, datasets.DatasetDict):
+        if split is None or split not in data:
+            raise ValueError(f"Pass split= one of {sorted(data)} to prepare a DatasetDict.")
+        data = data[split]
+    if isinstance(data, datasets.Dataset):
+        if audio_column not in data.column_names:
+            raise ValueError(
+                f"The dataset has no column {audio_column!r} (columns: {data.column_names}); pass audio_column=."
+            )
+        if isinstance(data.features[audio_column], datasets.Audio):
+            # Decoding through `datasets` needs torchcodec; soundfile reads the raw bytes or paths instead.
+            data = data.cast_column(audio_column, datasets.Audio(decode=False))
+        return data, audio_column, data._fingerprint, f"dataset-{split or 'all'}"
+    raise ValueError(
+        f"Cannot prepare {type(data).__name__}: pass an audio folder, a built corpus, or a datasets.Dataset with an "
+        "audio column."
+    )
+
+
+def prepare_dataset(
+    data: str | os.PathLike | Any,
+    processor: WhisperGPTProcessor,
+    *,
+    split: str | None = None,
+    audio_column: str = "audio",
+    cache_dir: str | os.PathLike | None = None,
+    batch_size: int = 8,
+    num_proc: int | None = None,
+    streaming: bool = False,
+    rank: int | None = None,
+    world_size: int | None = None,
+    progress: bool = True,
+) -> Any:
+    """Encode audio into a `datasets.Dataset` of aligned codes and causal log-mel frames (one row per file).
+
+    Args:
+        data: a folder of audio files or a built corpus (``split`` picks "train"/"validation"), a folder written
+            by `Dataset.save_to_disk`, or a `datasets.Dataset` / `DatasetDict` with an ``audio_column`` holding
+            `Audio` values (decoded with soundfile) or ``{"array", "sampling_rate"}`` dicts.
+        processor: turns audio into codes and features; part of the cache key.
+        cache_dir: where prepared datasets live (default: ``$HF_DATASETS_CACHE/whisper_gpt``).
+        batch_size: files per `datasets.map` batch.
+        num_proc: worker processes encoding in parallel (each loads the processor once and uses one thread).
+        streaming: return a lazily encoded `IterableDataset` instead (no cache; for corpora larger than memory or
+            disk). With ``world_size`` > 1 it is split between processes, process ``rank`` getting its share.
+        progress: show the `datasets` progress bar.
+    Returns:
+        A `Dataset` (or `IterableDataset`) with columns ``path``, ``codes`` (T, K) uint16, ``input_features``
+        (T, M) float16 and ``num_frames``. Files that cannot be decoded are skipped with a warning.
+    """
+    import datasets
+
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
+    if num_proc is not None and num_proc < 1:
+        raise ValueError(f"num_proc must be at least 1 or None, got {num_proc}.")
+    source, column, source_fingerprint, name = _source_rows(data, split, audio_column)
+    if {"codes", "input_features", "num_frames"} <= set(source.column_names):
+        return source  # already prepared (e.g. a folder written by save_to_disk)
+    features = prepared_features(processor)
+    fingerprint = hashlib.sha256(
+        f"{PREPARED_FORMAT}\0{processor_fingerprint(processor)}\0{source_fingerprint}".encode()
+    ).hexdigest()[:20]
+    cache_root = Path(cache_dir) if cache_dir is not None else DEFAULT_CACHE_DIR / "whisper_gpt"
+    processor_dir = cache_root / "processors" / processor_fingerprint(processor)[:20]
+    if not (processor_dir / "audio_tokenizer").is_dir():
+        _save_atomically(processor_dir, processor.save_pretrained)
+    encoder = _Encoder(str(processor_dir), column, processor if not num_proc or num_proc == 1 else None)
+
+    if streaming:
+        shards = max(1, min(len(source), (world_size or 1) * max(1, num_proc or 1) * 4))
+        stream = source.to_iterable_dataset(num_shards=shards)
+        stream = stream.map(
+            encoder,
+            with_indices=True,
+            batched=True,
+            batch_size=batch_size,
+            remove_columns=source.column_names,
+            features=features,
+        )
+        if world_size is not None and world_size > 1:
+            from datasets.distributed import split_dataset_by_node
+
+            stream = split_dataset_by_node(stream, rank=rank or 0, world_size=world_size)
+        return stream
+
+    target = cache_root / f"{name}-{fingerprint}"
+    if (target / "dataset_info.json").is_file():
+        logger.info("loading prepared %s from the cache %s", name, target)
+        return datasets.load_from_disk(str(target))
+
+    def write(folder: Path) -> None:
+        with tempfile.TemporaryDirectory(dir=cache_root, prefix=".map-") as scratch:
+            prepared = source.map(
+                encoder,
+                with_indices=True,
+                batched=True,
+                batch_size=batch_size,
+                num_proc=num_proc,
+                remove_columns=source.column_names,
+                features=features,
+                cache_file_name=str(Path(scratch) / "encoded.arrow"),
+                new_fingerprint=fingerprint,
+                desc=f"Encoding {name}",
+            )
+            if len(prepared) == 0:
+                raise ValueError(f"None of the {len(source)} audio files of {name} could be encoded.")
+            prepared.save_to_disk(str(folder))
+
+    if not progress:
+        datasets.disable_progress_bars()
+    try:
+        _save_atomically(target, write)
+    finally:
+        if not progress:
+            datasets.enable_progress_bars()
+    return datasets.load_from_disk(str(target))
+
+
+def _save_atomically(target: Path, write: Any) -> None:
+    """Call ``write(folder)`` on a temporary folder next to ``target`` and rename it into place.
+
+    A crash never leaves a half-written folder at ``target``, which a later run would take for a finished one.
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+    try:
+        write(partial)
+        if target.exists():  # another process finished the same work first
+            shutil.rmtree(partial)
+        else:
+            os.replace(partial, target)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+
+
+def _crop_rng(seed: int, key: Sequence[int] | int | None) -> np.random.Generator | None:
+    if key is None:
+        return None
+    return np.random.default_rng([seed, *np.atleast_1d(key).tolist()])
+
+
+@dataclass
+class WhisperGPTDataCollator:
+    """Rows of a prepared dataset -> padded model inputs.
+
+    Each row holds ``codes`` (T, K) (or ``input_ids`` (K, T)) and optionally ``input_features`` (T, M). A row
+    longer than ``max_frames`` is cropped to ``max_frames`` frames: at a random offset when ``random_crop``
+    (training), else from its start. The offset comes from the row's ``crop_key`` when it has one (see
+    `TrainingCrops`; the crop then never depends on what was drawn before, so a resumed run repeats it) and from
+    the collator's own generator otherwise. Rows are right-padded to the longest in the batch (rounded up to
+    ``pad_to_multiple_of``).
+
+    Returns ``input_ids`` (B, K, L) int64 (padding: code 0), ``input_features`` (B, L, M) float32 (padding: 0),
+    ``attention_mask`` (B, L) int64 and ``labels`` (B, K, L) int64, equal to ``input_ids`` except -100 on padding
+    and on frames a row marks as already scored (``score_from``, see `SlidingWindows`).
+    """
+
+    max_frames: int | None = None
+    random_crop: bool = True
+    pad_to_multiple_of: int | None = None
+    seed: int = 0
+    _rng: np.random.Generator = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.max_frames is not None and self.max_frames < 2:
+            raise ValueError(f"max_frames must be at least 2 (one frame predicts the next), got {self.max_frames}.")
+        self._rng = np.random.default_rng(self.seed)
+
+    def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        if not rows:
+            raise ValueError("Cannot collate an empty batch.")
+        codes, features, score_from = [], [], []
+        for row in rows:
+            row_codes, row_features = _row_arrays(row)
+            length = row_codes.shape[0]
+            start = 0
+            if self.max_frames is not None and length > self.max_frames:
+                if self.random_crop:
+                    rng = _crop_rng(self.seed, row.get("crop_key")) or self._rng
+                    start = int(rng.integers(0, length - self.max_frames + 1))
+                row_codes = row_codes[start : start + self.max_frames]
+                row_features = None if row_features is None else row_features[start : start + self.max_frames]
+            codes.append(row_codes)
+            features.append(row_features)
+            score_from.append(int(row.get("score_from", 0)))
+        has_features = [f is not None for f in features]
+        if any(has_features) and not all(has_features):
+            raise ValueError("Some rows have input_features and some do not; prepare all rows the same way.")
+        length = max(c.shape[0] for c in codes)
+        if self.pad_to_multiple_of:
+            length = math.ceil(length / self.pad_to_multiple_of) * self.pad_to_multiple_of
+        batch_size, num_codebooks = len(rows), codes[0].shape[1]
+        input_ids = torch.zeros(batch_size, num_codebooks, length, dtype=torch.long)
+        attention_mask = torch.zeros(batch_size, length, dtype=torch.long)
+        labels = torch.full((batch_size, num_codebooks, length), -100, dtype=torch.long)
+        batch: dict[str, torch.Tensor] = {}
+        if all(has_features):
+            batch["input_features"] = torch.zeros(batch_size, length, features[0].shape[1], dtype=torch.float32)
+        for index, row_codes in enumerate(codes):
+            frames = row_codes.shape[0]
+            if row_codes.shape[1] != num_codebooks:
+                raise ValueError(f"Rows have {num_codebooks} and {row_codes.shape[1]} codebooks; they must agree.")
+            input_ids[index, :, :frames] = torch.from_numpy(row_codes.T.astype(np.int64))
+            attention_mask[index, :frames] = 1
+            labels[index, :, score_from[index] : frames] = input_ids[index, :, score_from[index] : frames]
+            if all(has_features):
+                batch["input_features"][index, :frames] = torch.from_numpy(features[index].astype(np.float32))
+        batch.update(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
+        return batch
+
+
+def _row_arrays(row: dict[str, Any]) -> tuple[np.ndarray, np.ndarray | None]:
+    """(T, K) codes and (T, M) features (or None) of one row, whichever layout it uses."""
+    if "codes" in row:
+        codes = np.asarray(row["codes"])
+    elif "input_ids" in row:
+        codes = np.asarray(row["input_ids"]).T
+    else:
+        raise ValueError(f"A row needs 'codes' (T, K) or 'input_ids' (K, T); it has {sorted(row)}.")
+    if codes.ndim != 2 or codes.shape[0] == 0:
+        raise ValueError(f"A row's codes must be a non-empty (frames, codebooks) array, got shape {codes.shape}.")
+    features = row.get("input_features")
+    if features is not None:
+        features = np.asarray(features)
+        if features.ndim != 2 or features.shape[0] != codes.shape[0]:
+            raise ValueError(
+                f"A row's input_features {features.shape} do not line up with its {codes.shape[0]} frames of codes."
+            )
+    return codes, features
+
+
+class TrainingCrops(torch.utils.data.Dataset):
+    """Training examples over a prepared dataset: file ``i`` of T_i frames gives ceil(T_i / max_frames) examples.
+
+    One epoch therefore sees about as many frames as the corpus holds, and long files are drawn as often as their
+    length warrants. An example is its file's row plus a ``crop_key``; indexed by an ``(epoch, index)`` pair (as
+    `EpochShuffleSampler` yields them) the key is that pair, so the collator's random crop is a function of
+    (seed, epoch, index) alone. A plain integer index (e.g. from `transformers.Trainer`) gives no key.
+    """
+
+    def __init__(self, dataset: Any, max_frames: int):
+        if max_frames < 2:
+            raise ValueError(f"max_frames must be at least 2, got {max_frames}.")
+        self.rows = dataset.with_format("numpy")
+        lengths = np.asarray(dataset["num_frames"], dtype=np.int64)
+        if lengths.size == 0:
+            raise ValueError("The prepared dataset is empty.")
+        counts = np.maximum(1, -(-lengths // max_frames))
+        self.example_rows = np.repeat(np.arange(len(lengths)), counts)
+
+    def __len__(self) -> int:
+        return len(self.example_rows)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
+        epoch, index = key if isinstance(key, tuple) else (None, key)
+        row = self.rows[int(self.example_rows[index])]
+        example = {"codes": row["codes"], "input_features": row["input_features"]}
+        if epoch is not None:
+            example["crop_key"] = (epoch, index)
+        return example
+
+
+class EpochShuffleSampler(torch.utils.data.Sampler):
+    """Yields ``(epoch, index)`` for a permutation of ``range(num_examples)`` that depends only on (seed, epoch).
+
+    Owns no generator state, so resuming at (epoch, batch) replays exactly what an uninterrupted run draws.
+    """
+
+    def __init__(self, num_examples: int, seed: int = 0):
+        self.num_examples = num_examples
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.num_examples
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        order = np.random.default_rng([self.seed, self.epoch]).permutation(self.num_examples)
+        return ((self.epoch, int(index)) for index in order)
+
+
+class SlidingWindows(torch.utils.data.Dataset):
+    """Evaluation windows over whole files: ``window`` frames every ``stride`` frames (default: no overlap).
+
+    A window after a file's first one re-reads ``window - stride`` frames of context and scores only the new
+    frames (its ``score_from``), so no frame is scored twice. With ``stride < window`` every frame but a file's
+    first is scored; with non-overlapping windows (the default, every window an independent context as in
+    training) each window's first frame is not, as nothing in its window predicts it.
+    """
+
+    def __init__(self, dataset: Any, window: int, stride: int | None = None):
+        stride = window if stride is None else stride
+        if window < 2 or not 1 <= stride <= window:
+            raise ValueError(f"Need window >= 2 and 1 <= stride <= window, got window={window}, stride={stride}.")
+        self.rows = dataset.with_format("numpy")
+        self.windows: list[tuple[int, int, int, int]] = []  # (row, start, stop, score_from)
+        for row, length in enumerate(np.asarray(dataset["num_frames"], dtype=np.int64).tolist()):
+            start = 0
+            while True:
+                stop = min(start + window, length)
+                self.windows.append((row, start, stop, 0 if start == 0 else window - stride))
+                if stop >= length:
+                    break
+                start += stride
+
+    def __len__(self) -> int:
+        return len(self.windows)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        row, start, stop, score_from = self.windows[index]
+        example = self.rows[row]
+        return {
+            "codes": example["codes"][start:stop],
+            "input_features": example["input_features"][start:stop],
+            "score_from": score_from,
+        }
+
+
+__all__ = [
+    "EpochShuffleSampler",
+    "SlidingWindows",
+    "TrainingCrops",
+    "WhisperGPTDataCollator",
+    "build_processor",
+    "load_audio",
+    "prepare_dataset",
+    "prepared_features",
+    "processor_fingerprint",
+]

@@ -1,0 +1,623 @@
+"""Training Whisper-GPT with Accelerate: `train(TrainingConfig(...))`, ``whisper-gpt train`` and
+``examples/train_accelerate.py``.
+
+One loop for one process or many (``accelerate launch --num_processes N``): AdamW with warmup + cosine decay,
+gradient accumulation, gradient clipping, mixed precision, periodic validation (NLL, accuracy, perplexity; overall,
+codebook 0 and per codebook), TensorBoard logging (plus ``metrics.jsonl``), tqdm progress, checkpoints written
+atomically with ``accelerator.save_state``, exact resumption, and a final ``save_pretrained`` folder (model,
+processor with its codec, generation config, model card) ready for the Hub.
+
+Exact resumption: the data order is a function of (seed, epoch) and each training crop a function of
+(seed, epoch, example) (`whisper_gpt.data.EpochShuffleSampler`, `TrainingCrops`), checkpoints store the optimizer,
+scheduler and every process's RNG states, and a resumed run skips the batches already consumed in the current epoch
+(`accelerator.skip_first_batches`). A run resumed from step k therefore repeats the uninterrupted run's losses.
+
+``batch_size`` is the global batch: Accelerate splits each batch between processes (``split_batches=True``), so one
+process and N processes see the same examples in the same steps and train (up to floating-point order) the same
+model; it must be divisible by the number of processes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import shlex
+import shutil
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .configuration_whisper_gpt import WhisperGPTConfig
+from .data import EpochShuffleSampler, TrainingCrops, WhisperGPTDataCollator, build_processor, prepare_dataset
+from .evaluation import evaluate_model, format_metrics
+from .modeling_whisper_gpt import WhisperGPTForCausalLM
+from .processing_whisper_gpt import WhisperGPTProcessor
+
+logger = logging.getLogger(__name__)
+
+PRESETS = ("paper_hybrid", "paper_gpt_s", "paper_gpt_l", "custom")
+CHECKPOINTS = "checkpoints"
+STATE_FILE = "trainer_state.json"
+METRICS_FILE = "metrics.jsonl"
+FINAL_DIR = "final"
+
+
+@dataclass
+class TrainingConfig:
+    """Everything a training run needs. ``batch_size`` is global (split between processes)."""
+
+    output_dir: str
+    train_data: str
+    validation_data: str | None = None  # default: the "validation" split of train_data
+    processor: str | None = None  # a saved processor; None calibrates a local codec on the training audio
+    preset: str = "paper_hybrid"
+    model_overrides: dict[str, Any] = field(default_factory=dict)
+    max_frames: int | None = None  # training crop; default: the model's context
+    batch_size: int = 16
+    gradient_accumulation_steps: int = 1
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.1
+    adam_beta2: float = 0.95
+    warmup_steps: int = 100
+    max_steps: int = 1000
+    stop_at_step: int | None = None  # end this run early with a checkpoint (e.g. a job time limit); --resume goes on
+    max_grad_norm: float = 1.0
+    mixed_precision: str = "no"
+    eval_every: int = 200
+    eval_batch_size: int = 8
+    eval_window: int | None = None
+    save_every: int = 500
+    save_total_limit: int = 2
+    log_every: int = 10
+    report_to: str = "tensorboard"
+    seed: int = 0
+    resume: str | None = None  # "latest" or a checkpoint folder
+    cache_dir: str | None = None
+    num_proc: int | None = None
+    calibration_bandwidth: float = 1.5
+    calibration_max_frames: int = 100_000
+    calibration_iterations: int = 20
+    torch_threads: int | None = None
+    progress: bool = True
+    command: str | None = None
+    dataset_description: str | None = None
+
+
+def model_config(preset: str, overrides: dict[str, Any] | None = None) -> WhisperGPTConfig:
+    """A paper preset (``paper_hybrid``, ``paper_gpt_s``, ``paper_gpt_l``) or ``custom`` with ``overrides``."""
+    if preset not in PRESETS:
+        raise ValueError(f"Unknown preset {preset!r}; choose one of {', '.join(PRESETS)}.")
+    overrides = dict(overrides or {})
+    return WhisperGPTConfig(**overrides) if preset == "custom" else getattr(WhisperGPTConfig, preset)(**overrides)
+
+
+def configure_torch(num_processes: int, threads: int | None = None) -> int:
+    """Set torch's CPU threads (default: cores / processes) and flush denormals; returns the thread count.
+
+    Measured on 2 cores (DESIGN §6): two threads per process on busy cores ran ~5x slower than one, and denormal
+    floats slowed CPU training severalfold.
+    """
+    threads = threads or max(1, (os.cpu_count() or 1) // max(1, num_processes))
+    torch.set_num_threads(threads)
+    torch.set_flush_denormal(True)
+    return threads
+
+
+def latest_checkpoint(output_dir: str | os.PathLike) -> Path | None:
+    """The newest complete checkpoint under ``output_dir/checkpoints`` (temporary folders are ignored)."""
+    root = Path(output_dir) / CHECKPOINTS
+    done = sorted(path for path in root.glob("step-*") if (path / STATE_FILE).is_file()) if root.is_dir() else []
+    return done[-1] if done else None
+
+
+def _save_checkpoint(accelerator: Any, output_dir: Path, state: dict[str, Any], keep: int) -> Path:
+    """``accelerator.save_state`` into a temporary folder, then rename it: a crash never leaves a partial checkpoint."""
+    root = output_dir / CHECKPOINTS
+    final = root / f"step-{state['step']:08d}"
+    partial = root / f".step-{state['step']:08d}.partial"
+    if accelerator.is_main_process:
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(partial))  # every process writes its own RNG state
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        (partial / STATE_FILE).write_text(json.dumps(state, indent=2) + "\n")
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(partial, final)
+        for old in sorted(root.glob("step-*"))[:-keep] if keep > 0 else []:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def _flatten(metrics: dict[str, Any], prefix: str) -> dict[str, float]:
+    """Scalar metrics for trackers: overall, codebook 0 and per codebook."""
+    flat = {f"{prefix}/{name}": metrics[name] for name in ("nll", "accuracy", "perplexity")}
+    flat.update({f"{prefix}/codebook_0_{name}": metrics["codebook_0"][name] for name in ("nll", "accuracy")})
+    for entry in metrics["per_codebook"][1:]:
+        flat.update({f"{prefix}/codebook_{entry['codebook']}_{name}": entry[name] for name in ("nll", "accuracy")})
+    return {name: value for name, value in flat.items() if value is not None}
+
+
+class _MetricsLog:
+    """``metrics.jsonl`` on the main process: one JSON object per logged step or evaluation."""
+
+    def __init__(self, path: Path, active: bool, keep_until_step: int | None):
+        self.path = path
+        self.active = active
+        if active and keep_until_step is not None and path.is_file():
+            # A resumed run rewrites history after its checkpoint, so the file matches the run that continues.
+            lines = [line for line in path.read_text().splitlines() if line.strip()]
+            kept = [line for line in lines if json.loads(line)["step"] <= keep_until_step]
+            path.write_text("".join(line + "\n" for line in kept))
+        elif active and path.is_file():
+            path.unlink()
+
+    def write(self, record: dict[str, Any]) -> None:
+        if self.active:
+            with self.path.open("a") as handle:
+                handle.write(json.dumps(record) + "\n")
+
+
+def _trackers(config: TrainingConfig) -> str | None:
+    if config.report_to in ("none", ""):
+        return None
+    if config.report_to == "tensorboard":
+        try:
+            import tensorboard  # noqa: F401  (accelerate's tracker needs it; checked here for a clear message)
+        except ImportError:
+            logger.warning("TensorBoard is not installed (pip install tensorboard); logging to metrics.jsonl only.")
+            return None
+    return config.report_to
+
+
+def _processor_for(config: TrainingConfig, accelerator: Any, model_cfg: WhisperGPTConfig) -> WhisperGPTProcessor:
+    """Load the given processor, or calibrate a local codec on the training audio (main process) and share it."""
+    if config.processor:
+        return WhisperGPTProcessor.from_pretrained(config.processor)
+    from .corpus import audio_files
+
+    target = Path(config.output_dir) / "processor"
+    if accelerator.is_main_process and not (target / "audio_tokenizer").is_dir():
+        files = audio_files(config.train_data, split="train")
+        if not files:
+            raise ValueError(f"{config.train_data} holds no training audio to calibrate a codec on.")
+        processor, stats = build_processor(
+            files,
+            num_mel_bins=model_cfg.num_mel_bins,
+            codebook_size=model_cfg.codebook_size,
+            bandwidth=config.calibration_bandwidth,
+            max_frames=config.calibration_max_frames,
+            iterations=config.calibration_iterations,
+            seed=config.seed,
+        )
+        logger.info("calibrated the codec on %d frames: %s", stats["frames"], stats)
+        processor.save_pretrained(str(target))
+    accelerator.wait_for_everyone()
+    return WhisperGPTProcessor.from_pretrained(str(target))
+
+
+def _optimizer(model: torch.nn.Module, config: TrainingConfig) -> torch.optim.Optimizer:
+    # Weight decay on matrices only: decaying biases and LayerNorm gains only pulls them away from their roles.
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=config.learning_rate, betas=(0.9, config.adam_beta2))
+
+
+def train(config: TrainingConfig) -> dict[str, Any]:
+    """Train a model as ``config`` says; returns a summary (final metrics, history, timing, output folder).
+
+    Runs in the current process or, launched with ``accelerate launch``, in each of several processes.
+    """
+    from accelerate import Accelerator
+    from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
+    from tqdm.auto import tqdm
+    from transformers import get_cosine_schedule_with_warmup
+
+    _check(config)
+    output_dir = Path(config.output_dir)
+    accelerator = Accelerator(
+        # Without a GPU, Accelerate only forms a multi-process (gloo) group when told to run on the CPU.
+        cpu=not torch.accelerator.is_available(),
+        mixed_precision=config.mixed_precision,
+        log_with=_trackers(config),
+        project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
+        dataloader_config=DataLoaderConfiguration(split_batches=True),
+    )
+    if config.batch_size % accelerator.num_processes:
+        raise ValueError(
+            f"batch_size ({config.batch_size}) is the global batch and must be divisible by the number of processes "
+            f"({accelerator.num_processes})."
+        )
+    threads = configure_torch(accelerator.num_processes, config.torch_threads)
+    set_seed(config.seed)
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+
+    cfg = model_config(config.preset, config.model_overrides)
+    processor = _processor_for(config, accelerator, cfg)
+    if processor.feature_extractor.feature_size != cfg.num_mel_bins:
+        raise ValueError(
+            f"The processor makes {processor.feature_extractor.feature_size} mel bins but the model reads "
+            f"{cfg.num_mel_bins}; set num_mel_bins={processor.feature_extractor.feature_size} or use a matching "
+            "processor."
+        )
+    model = WhisperGPTForCausalLM(cfg)
+    model.validate_audio_tokenizer(processor.audio_tokenizer)
+    max_frames = config.max_frames or cfg.max_position_embeddings
+    if max_frames > cfg.max_position_embeddings:
+        raise ValueError(f"max_frames ({max_frames}) exceeds the model's context ({cfg.max_position_embeddings}).")
+
+    prepare = {"cache_dir": config.cache_dir, "num_proc": config.num_proc, "progress": config.progress}
+    with accelerator.main_process_first():  # the main process encodes, the others read its cache
+        train_set = prepare_dataset(config.train_data, processor, split="train", **prepare)
+        validation_source = config.validation_data or config.train_data
+        validation_split = None if config.validation_data and _is_prepared(config.validation_data) else "validation"
+        validation_set = prepare_dataset(validation_source, processor, split=validation_split, **prepare)
+
+    crops = TrainingCrops(train_set, max_frames)
+    if len(crops) < config.batch_size:
+        raise ValueError(f"The training data gives {len(crops)} examples, fewer than batch_size={config.batch_size}.")
+    sampler = EpochShuffleSampler(len(crops), seed=config.seed)
+    loader = torch.utils.data.DataLoader(
+        crops,
+        batch_size=config.batch_size,
+        sampler=sampler,
+        collate_fn=WhisperGPTDataCollator(max_frames=max_frames, random_crop=True, seed=config.seed),
+        drop_last=True,
+    )
+    optimizer = _optimizer(model, config)
+    scheduler = get_cosine_schedule_with_warmup(optimizer, config.warmup_steps, config.max_steps)
+    model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+    num_parameters = sum(p.numel() for p in accelerator.unwrap_model(model).parameters())
+
+    state = {"step": 0, "epoch": 0, "batches_in_epoch": 0}
+    resume_from = _resume_path(config)
+    if resume_from is not None:
+        accelerator.load_state(str(resume_from))
+        state = json.loads((resume_from / STATE_FILE).read_text())
+        accelerator.print(f"resumed from {resume_from} at step {state['step']}")
+    log = _MetricsLog(output_dir / METRICS_FILE, accelerator.is_main_process, state["step"] if resume_from else None)
+    if accelerator.log_with:
+        hparams = {k: v for k, v in dataclasses.asdict(config).items() if isinstance(v, (int, float, str, bool))}
+        accelerator.init_trackers("whisper-gpt", config={**hparams, "num_parameters": num_parameters})
+
+    def micro_batches():
+        """The stream of batches across epochs, starting where ``state`` says; updates ``state`` as it goes."""
+        while True:
+            loader.set_epoch(state["epoch"])
+            sampler.set_epoch(state["epoch"])
+            skip = state["batches_in_epoch"]
+            for batch in accelerator.skip_first_batches(loader, skip) if skip else loader:
+                state["batches_in_epoch"] += 1
+                yield batch
+            state["epoch"] += 1
+            state["batches_in_epoch"] = 0
+
+    stream = micro_batches()
+    stop = min(config.max_steps, config.stop_at_step or config.max_steps)
+    accumulation = config.gradient_accumulation_steps
+    history: list[dict[str, Any]] = []
+    evaluation: dict[str, Any] | None = None
+    bar = tqdm(
+        total=config.max_steps,
+        initial=state["step"],
+        desc="training",
+        unit="step",
+        disable=not (config.progress and accelerator.is_local_main_process),
+    )
+    started = time.perf_counter()
+    window_start, window_frames = time.perf_counter(), 0
+    model.train()
+    while state["step"] < stop:
+        losses = []
+        for micro in range(accumulation):
+            batch = next(stream)
+            if not cfg.use_spectrogram:
+                batch.pop("input_features", None)
+            window_frames += int(batch["attention_mask"].sum()) * accelerator.num_processes
+            # Gradients are all-reduced only on the last micro-batch of an optimizer step.
+            sync = nullcontext() if micro == accumulation - 1 else accelerator.no_sync(model)
+            with sync:
+                loss = model(**batch, use_cache=False).loss
+                accelerator.backward(loss / accumulation)
+            losses.append(loss.detach())
+        grad_norm = accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        state["step"] += 1
+        bar.update(1)
+        step = state["step"]
+        if step % config.log_every == 0 or step == stop:
+            train_loss = float(accelerator.reduce(torch.stack(losses).mean(), reduction="mean"))
+            elapsed = time.perf_counter() - window_start
+            record = {
+                "step": step,
+                "epoch": state["epoch"],
+                "train/loss": train_loss,
+                "train/learning_rate": scheduler.get_last_lr()[0],
+                "train/grad_norm": float(grad_norm),
+                "train/frames_per_second": window_frames / elapsed if elapsed > 0 else None,
+            }
+            window_start, window_frames = time.perf_counter(), 0
+            history.append(record)
+            log.write(record)
+            accelerator.log({k: v for k, v in record.items() if v is not None and k != "step"}, step=step)
+            bar.set_postfix(loss=f"{train_loss:.3f}")
+        if (config.eval_every and step % config.eval_every == 0) or step == config.max_steps:
+            evaluation = evaluate_model(
+                model,
+                validation_set,
+                window=config.eval_window,
+                batch_size=config.eval_batch_size,
+                accelerator=accelerator,
+                progress=config.progress,
+            )
+            log.write({"step": step, "validation": {k: v for k, v in evaluation.items() if k != "nll_by_context"}})
+            accelerator.log(_flatten(evaluation, "validation"), step=step)
+            accelerator.print(
+                f"step {step}: validation NLL {evaluation['nll']:.4f}, accuracy {evaluation['accuracy']:.2%}"
+            )
+            model.train()
+        if (config.save_every and step % config.save_every == 0) or (step == stop < config.max_steps):
+            _save_checkpoint(accelerator, output_dir, dict(state), config.save_total_limit)
+    bar.close()
+    seconds = time.perf_counter() - started
+    if accelerator.is_main_process:
+        record = {"steps": state["step"], "seconds": seconds, "num_processes": accelerator.num_processes}
+        (output_dir / "training_summary.json").write_text(json.dumps({**record, "validation": evaluation}) + "\n")
+
+    summary: dict[str, Any] = {
+        "output_dir": str(output_dir),
+        "steps": state["step"],
+        "finished": state["step"] >= config.max_steps,
+        "num_parameters": num_parameters,
+        "seconds": seconds,
+        "threads_per_process": threads,
+        "num_processes": accelerator.num_processes,
+        "is_main_process": accelerator.is_main_process,
+        "history": history,
+        "validation": evaluation,
+    }
+    if summary["finished"]:
+        summary["final_dir"] = str(output_dir / FINAL_DIR)
+        if accelerator.is_main_process:
+            save_final(accelerator.unwrap_model(model), processor, output_dir / FINAL_DIR, config, evaluation)
+        accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return summary
+
+
+def _is_prepared(path: str) -> bool:
+    return (Path(path) / "dataset_info.json").is_file()
+
+
+def _check(config: TrainingConfig) -> None:
+    positive = {
+        "batch_size": config.batch_size,
+        "gradient_accumulation_steps": config.gradient_accumulation_steps,
+        "max_steps": config.max_steps,
+        "log_every": config.log_every,
+        "eval_batch_size": config.eval_batch_size,
+    }
+    for name, value in positive.items():
+        if value < 1:
+            raise ValueError(f"{name} must be at least 1, got {value}.")
+    if config.warmup_steps < 0 or config.warmup_steps > config.max_steps:
+        raise ValueError(
+            f"warmup_steps must be between 0 and max_steps ({config.max_steps}), got {config.warmup_steps}."
+        )
+    if config.learning_rate <= 0:
+        raise ValueError(f"learning_rate must be positive, got {config.learning_rate}.")
+    if config.mixed_precision not in ("no", "fp16", "bf16"):
+        raise ValueError(f"mixed_precision must be 'no', 'fp16' or 'bf16', got {config.mixed_precision!r}.")
+    if config.stop_at_step is not None and config.stop_at_step < 1:
+        raise ValueError(f"stop_at_step must be at least 1, got {config.stop_at_step}.")
+    if config.report_to not in ("tensorboard", "wandb", "mlflow", "comet_ml", "aim", "clearml", "all", "none", ""):
+        raise ValueError(f"Unknown tracker {config.report_to!r}.")
+
+
+def _resume_path(config: TrainingConfig) -> Path | None:
+    if not config.resume:
+        return None
+    path = latest_checkpoint(config.output_dir) if config.resume == "latest" else Path(config.resume)
+    if path is None or not (path / STATE_FILE).is_file():
+        where = f"under {Path(config.output_dir) / CHECKPOINTS}" if config.resume == "latest" else str(path)
+        raise ValueError(f"No complete checkpoint to resume from {where}.")
+    return path
+
+
+def save_final(
+    model: WhisperGPTForCausalLM,
+    processor: WhisperGPTProcessor,
+    folder: Path,
+    config: TrainingConfig,
+    metrics: dict[str, Any] | None,
+) -> None:
+    """Write the Hub-ready folder: model, generation config, processor (codec included), model card, metrics."""
+    from .model_card import build_model_card
+
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    if metrics is not None:
+        (folder / "eval_results.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    settings = {
+        "preset": config.preset,
+        "global batch (crops)": config.batch_size * config.gradient_accumulation_steps,
+        "crop length (frames)": config.max_frames or model.config.max_position_embeddings,
+        "optimizer steps": config.max_steps,
+        "learning rate": config.learning_rate,
+        "schedule": f"{config.warmup_steps} warmup steps, cosine decay",
+        "weight decay": config.weight_decay,
+        "gradient clipping": config.max_grad_norm,
+        "mixed precision": config.mixed_precision,
+        "seed": config.seed,
+    }
+    card = build_model_card(
+        model,
+        processor,
+        metrics=metrics,
+        evaluation_data=f"the validation split of {config.dataset_description or Path(config.train_data).name}",
+        training_settings=settings,
+        training_command=config.command,
+        training_description=(
+            f"Trained with `whisper_gpt.training` (Accelerate) on {config.dataset_description or config.train_data}."
+        ),
+    )
+    card.save(folder / "README.md")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``whisper-gpt train`` / ``examples/train_accelerate.py``."""
+    defaults = TrainingConfig(output_dir="", train_data="")
+    parser.add_argument("train_data", help="a folder of audio files, a built corpus, or a prepared dataset")
+    parser.add_argument("output_dir", help="checkpoints, logs, metrics.jsonl and the final model (final/)")
+    parser.add_argument("--validation-data", help="default: the validation split of TRAIN_DATA")
+    parser.add_argument("--processor", help="a saved processor; default: calibrate a local codec on the training audio")
+    parser.add_argument("--preset", choices=PRESETS, default=defaults.preset)
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="model config override, e.g. --set hidden_size=128 --set num_hidden_layers=2 (custom sizes)",
+    )
+    for name in (
+        "max_frames",
+        "batch_size",
+        "gradient_accumulation_steps",
+        "warmup_steps",
+        "max_steps",
+        "stop_at_step",
+        "eval_every",
+        "eval_batch_size",
+        "eval_window",
+        "save_every",
+        "save_total_limit",
+        "log_every",
+        "seed",
+        "num_proc",
+        "torch_threads",
+    ):
+        parser.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(defaults, name))
+    for name in ("learning_rate", "weight_decay", "adam_beta2", "max_grad_norm", "calibration_bandwidth"):
+        parser.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(defaults, name))
+    parser.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"), default=defaults.mixed_precision)
+    parser.add_argument("--report-to", default=defaults.report_to, help="tensorboard (default), wandb, ..., or none")
+    parser.add_argument("--resume", nargs="?", const="latest", help="continue from the latest (or a given) checkpoint")
+    parser.add_argument("--cache-dir", help="where prepared datasets are cached")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _parse_overrides(items: list[str]) -> dict[str, Any]:
+    overrides = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set expects KEY=VALUE, got {item!r}.")
+        try:
+            overrides[key] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[key] = value
+    return overrides
+
+
+def config_from_args(args: argparse.Namespace) -> TrainingConfig:
+    fields = {f.name for f in dataclasses.fields(TrainingConfig)}
+    values = {name: value for name, value in vars(args).items() if name in fields}
+    values["model_overrides"] = _parse_overrides(args.overrides)
+    values["progress"] = not args.no_progress
+    values["command"] = shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]])
+    return TrainingConfig(**values)
+
+
+def _train_command(args: argparse.Namespace) -> dict[str, Any]:
+    summary = train(config_from_args(args))
+    if not summary["is_main_process"]:
+        return summary
+    if summary["validation"] is not None:
+        print(format_metrics(summary["validation"]))
+    if summary.get("final_dir"):
+        print(f"saved {summary['final_dir']}")
+    return summary
+
+
+def register_cli(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``whisper-gpt train TRAIN_DATA OUTPUT_DIR [options]`` to an argparse subparsers object."""
+    parser = subparsers.add_parser("train", help="train a Whisper-GPT model with Accelerate")
+    add_arguments(parser)
+    parser.set_defaults(handler=_train_command)
+
+
+def _processes_asked_of_accelerate_cpu() -> int | None:
+    """N when ``accelerate launch --cpu --num_processes N`` started this script as a single process.
+
+    Accelerate's launcher only starts several CPU processes through mpirun (``--mpirun_hostfile``); otherwise it
+    runs one process and passes the requested count nowhere but its own command line, read here from /proc.
+    """
+    env = os.environ
+    launched_by_cpu_launcher = env.get("ACCELERATE_USE_CPU", "").lower() in ("true", "1") and "MASTER_ADDR" in env
+    if not launched_by_cpu_launcher or any(name in env for name in ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE")):
+        return None
+    try:
+        parent = Path(f"/proc/{os.getppid()}/cmdline").read_bytes().decode().split("\0")
+    except OSError:
+        return None
+    for index, argument in enumerate(parent):
+        name, _, value = argument.partition("=")
+        if name in ("--num_processes", "--num-processes"):
+            value = value or (parent[index + 1] if index + 1 < len(parent) else "")
+            return int(value) if value.isdigit() else None
+    return None
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Entry point of ``examples/train_accelerate.py`` (run it with ``accelerate launch`` for several processes).
+
+    ``accelerate launch --cpu --num_processes N`` (N > 1) without mpirun would run a single process; the script
+    then starts the N processes itself with torch's elastic launcher (torchrun), which Accelerate joins on the CPU.
+    """
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    processes = _processes_asked_of_accelerate_cpu()
+    if processes and processes > 1:
+        logger.info("accelerate launch --cpu started one process; starting %d with torchrun", processes)
+        command = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            f"--nproc_per_node={processes}",
+            f"--master_addr={os.environ['MASTER_ADDR']}",
+            f"--master_port={os.environ.get('MASTER_PORT', '29500')}",
+            sys.argv[0],
+            *(sys.argv[1:] if argv is None else argv),
+        ]
+        os.execv(sys.executable, command)
+    parser = argparse.ArgumentParser(description="Train Whisper-GPT with Accelerate.")
+    add_arguments(parser)
+    return _train_command(parser.parse_args(argv))
+
+
+__all__ = [
+    "PRESETS",
+    "TrainingConfig",
+    "add_arguments",
+    "configure_torch",
+    "latest_checkpoint",
+    "model_config",
+    "register_cli",
+    "save_final",
+    "train",
+]
