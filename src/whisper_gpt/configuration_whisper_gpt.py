@@ -40,6 +40,9 @@ class WhisperGPTConfig(PretrainedConfig):
         n_fft (`int`, 1024): window of the causal log-mel frames; generation computes the mel frame of each
             new frame with the same feature extractor settings.
         layer_norm_eps (`float`, 1e-5), initializer_range (`float`, 0.02).
+        use_mel_head (`bool`, False): add a head that predicts the causal log-mel frame t+1 from the decoder
+            state at t and the codes of frame t+1, trained with an L1 loss of weight ``mel_loss_weight`` (1.0).
+            Generation can then compute new mel frames without decoding audio (``mel_source="learned"``).
         mel_init_scale (`float`, 0.1): scale of the mel part of the fusion projection at initialisation
             relative to ``initializer_range``, so the untrained mel path starts as a small perturbation of the
             token embedding (measured to matter: a full-size random mel path made the hybrid train slower).
@@ -74,6 +77,8 @@ class WhisperGPTConfig(PretrainedConfig):
         layer_norm_eps: float = 1e-5,
         initializer_range: float = 0.02,
         mel_init_scale: float = 0.1,
+        use_mel_head: bool = False,
+        mel_loss_weight: float = 1.0,
         use_cache: bool = True,
         **kwargs,
     ):
@@ -101,6 +106,8 @@ class WhisperGPTConfig(PretrainedConfig):
         self.layer_norm_eps = layer_norm_eps
         self.initializer_range = initializer_range
         self.mel_init_scale = mel_init_scale
+        self.use_mel_head = use_mel_head
+        self.mel_loss_weight = mel_loss_weight
         self.use_cache = use_cache
         self._validate()
         kwargs.setdefault("custom_pipelines", CUSTOM_PIPELINES)

@@ -179,6 +179,31 @@ class WhisperGPTDepthDecoder(nn.Module):
         return torch.einsum("nkd,kdv->nkv", self.norm(inputs), self.heads[:steps])
 
 
+class WhisperGPTMelHead(nn.Module):
+    """Predicts the causal log-mel frame t+1 from the decoder state at t and the embedded codes of frame t+1.
+
+    Generation with ``mel_source="learned"`` uses it instead of decoding the new codes with the codec.
+    """
+
+    def __init__(self, config: WhisperGPTConfig):
+        super().__init__()
+        self.fc_in = nn.Linear(2 * config.hidden_size, config.hidden_size)
+        self.fc_out = nn.Linear(config.hidden_size, config.num_mel_bins)
+
+    def forward(self, frame_states: torch.Tensor, next_code_embeds: torch.Tensor) -> torch.Tensor:
+        """frame_states (B, T, H), next_code_embeds (B, T, H) -> predicted mel frames (B, T, M)."""
+        return self.fc_out(F.gelu(self.fc_in(torch.cat([frame_states, next_code_embeds], dim=-1))))
+
+
+@dataclass
+class WhisperGPTCausalLMOutput(CausalLMOutputWithPast):
+    """`CausalLMOutputWithPast` plus, with a mel head, ``predicted_mel`` (B, T, M) (frame t+1 at t) and
+    ``mel_loss`` (its L1 to the true frames, included in ``loss`` with weight ``config.mel_loss_weight``)."""
+
+    mel_loss: torch.Tensor | None = None
+    predicted_mel: torch.Tensor | None = None
+
+
 class WhisperGPTPreTrainedModel(PreTrainedModel):
     config_class = WhisperGPTConfig
     config: WhisperGPTConfig
@@ -293,6 +318,10 @@ class WhisperGPTModel(WhisperGPTPreTrainedModel):
     def set_input_embeddings(self, value: nn.Embedding) -> None:
         self.code_embeddings = value
 
+    def embed_codes(self, codes: torch.Tensor) -> torch.Tensor:
+        """(B, K, T) codes -> (B, T, H) sum of the K codebook embeddings."""
+        return self.code_embeddings(codebook_offsets(codes, self.config.codebook_size, dim=1)).sum(dim=1)
+
     def _select_codes(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Validate (B, K_in, T) codes and keep the first K codebooks."""
         if input_ids.dim() != 3:
@@ -388,7 +417,7 @@ class WhisperGPTModel(WhisperGPTPreTrainedModel):
             )
         mask = _attention_mask_4d(attention_mask, past_length, length, codes.device)
 
-        hidden = self.code_embeddings(codebook_offsets(codes, self.config.codebook_size, dim=1)).sum(dim=1)  # (B, T, H)
+        hidden = self.embed_codes(codes)  # (B, T, H)
         if self.config.use_spectrogram:
             mel = self._mel_states(input_features, length, position_ids, mask, cache)  # (B, T, S)
             hidden = self.fusion(hidden, mel)
@@ -424,6 +453,8 @@ class WhisperGPTForCausalLM(WhisperGPTPreTrainedModel, GenerationMixin):
             self.lm_head = nn.Linear(config.hidden_size, config.codebook_size, bias=False)
         else:
             self.depth_decoder = WhisperGPTDepthDecoder(config)
+        if config.use_mel_head:
+            self.mel_head = WhisperGPTMelHead(config)
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Embedding:
@@ -462,7 +493,7 @@ class WhisperGPTForCausalLM(WhisperGPTPreTrainedModel, GenerationMixin):
         output_attentions: bool | None = None,
         return_dict: bool | None = None,
         **kwargs: Any,
-    ) -> CausalLMOutputWithPast | tuple:
+    ) -> WhisperGPTCausalLMOutput | tuple:
         """Logits (B, K, T, V) where position t predicts the codes of frame t+1.
 
         ``labels`` (B, K_in >= K, T) are the codes themselves (usually ``input_ids``); they are shifted inside,
@@ -479,28 +510,48 @@ class WhisperGPTForCausalLM(WhisperGPTPreTrainedModel, GenerationMixin):
             output_hidden_states=output_hidden_states,
             output_attentions=output_attentions,
         )
-        next_codes = None
-        if self.config.num_codebooks > 1:
-            # Teacher forcing: position t conditions on the codes of frame t+1; the last position has none yet.
-            next_codes = F.pad(input_ids[:, : self.config.num_codebooks - 1, 1:], (0, 1))
-            if attention_mask is not None:
-                # Padding is not the next frame either: the same placeholder as after the last frame.
-                next_valid = F.pad(attention_mask[:, -input_ids.shape[-1] :][:, 1:], (0, 1))
-                next_codes = next_codes * next_valid[:, None].to(next_codes.dtype)
-        logits = self.frame_logits(outputs.last_hidden_state, next_codes)
+        codes = input_ids[:, : self.config.num_codebooks]
+        # Position t is conditioned on (depth decoder) or predicts (mel head) frame t+1; the last position has
+        # no next frame yet, and padding is no next frame either: both get the placeholder code 0.
+        following = F.pad(codes[..., 1:], (0, 1))  # (B, K, T)
+        if attention_mask is not None:
+            next_valid = F.pad(attention_mask[:, -codes.shape[-1] :][:, 1:], (0, 1))
+            following = following * next_valid[:, None].to(following.dtype)
+        logits = self.frame_logits(outputs.last_hidden_state, following)
 
-        loss = None
+        loss = mel_loss = predicted_mel = None
+        if self.config.use_mel_head:
+            predicted_mel = self.mel_head(outputs.last_hidden_state, self.model.embed_codes(following))
         if labels is not None:
             loss = self.next_frame_loss(logits, labels, attention_mask)
+            if predicted_mel is not None:
+                mel_loss = self.next_mel_loss(predicted_mel, input_features, attention_mask)
+                loss = loss + self.config.mel_loss_weight * mel_loss
         if return_dict is False:
             return tuple(v for v in (loss, logits, outputs.cache, outputs.hidden_states) if v is not None)
-        return CausalLMOutputWithPast(
+        return WhisperGPTCausalLMOutput(
             loss=loss,
             logits=logits,
             cache=outputs.cache,
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
+            mel_loss=mel_loss,
+            predicted_mel=predicted_mel,
         )
+
+    def next_mel_loss(
+        self, predicted_mel: torch.Tensor, input_features: torch.Tensor | None, attention_mask: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Mean L1 between the prediction at t (B, T, M) and the true mel frame t+1, over real frames."""
+        length = predicted_mel.shape[1]
+        if input_features is None:
+            raise ValueError("The mel head learns from input_features: pass them with the labels.")
+        target = self.model._check_features(input_features, length)[:, 1:].to(predicted_mel.dtype)
+        errors = (predicted_mel[:, :-1] - target).abs().mean(dim=-1)  # (B, T-1)
+        if attention_mask is None:
+            return errors.mean()
+        valid = attention_mask[:, -length:][:, 1:].to(errors.dtype)
+        return (errors * valid).sum() / valid.sum().clamp(min=1)
 
     def next_frame_loss(
         self, logits: torch.Tensor, labels: torch.Tensor, attention_mask: torch.Tensor | None = None
@@ -557,6 +608,7 @@ class WhisperGPTForCausalLM(WhisperGPTPreTrainedModel, GenerationMixin):
         generation_config: GenerationConfig | None = None,
         generator: torch.Generator | None = None,
         streamer: Any = None,
+        mel_source: str | None = None,
         mel_window_frames: int = 32,
         context_stride: int | None = None,
         use_cache: bool = True,
@@ -575,6 +627,10 @@ class WhisperGPTForCausalLM(WhisperGPTPreTrainedModel, GenerationMixin):
                 in training. A larger window decodes with more context (closer to decoding the whole clip) and
                 costs proportionally more per step; 32 frames (0.43 s) covers the codec's convolutions.
             feature_extractor: defaults to `mel_feature_extractor()`; pass the processor's to be explicit.
+            mel_source: where new mel frames come from: ``"codec"`` (decode, as above; exact), ``"learned"`` (the
+                mel head of a model trained with ``use_mel_head``: no codec in the loop, much faster). Default:
+                "learned" when the model has a mel head and the codec's decoder is not trained (or no codec is
+                given), else "codec" for the hybrid model; the token-only model without a mel head needs none.
             generation_config / kwargs: ``max_new_tokens`` (frames to add), ``do_sample``, ``temperature``,
                 ``top_k``, ``top_p``, ``repetition_penalty`` (per codebook, over that codebook's history),
                 ``num_return_sequences``.
@@ -596,18 +652,15 @@ class WhisperGPTForCausalLM(WhisperGPTPreTrainedModel, GenerationMixin):
         lengths = attention_mask.sum(-1).long() if attention_mask is not None else torch.full((batch_size,), length)
         if bool((lengths < 1).any()):
             raise ValueError("Every prompt needs at least one frame of audio; got an empty prompt.")
-        if self.config.use_spectrogram:
-            if audio_tokenizer is None:
-                raise ValueError(
-                    "The hybrid model needs audio_tokenizer= in generate(): each new frame's mel spectrogram is "
-                    "computed from its decoded audio. Pass processor.audio_tokenizer."
-                )
+        mel_source = self._resolve_mel_source(mel_source, audio_tokenizer)
+        if audio_tokenizer is not None:
             self.validate_audio_tokenizer(audio_tokenizer)
+        if mel_source is None:
+            input_features = None
+        else:
             feature_extractor = feature_extractor or self.mel_feature_extractor()
             self.validate_feature_extractor(feature_extractor)
             input_features = self.model._check_features(input_features, length)
-        else:
-            input_features = None
         codes, input_features, mask = _left_align(codes, input_features, lengths)
         repeats = config.num_return_sequences or 1
         codes, mask = codes.repeat_interleave(repeats, 0), mask.repeat_interleave(repeats, 0)
@@ -629,9 +682,10 @@ class WhisperGPTForCausalLM(WhisperGPTPreTrainedModel, GenerationMixin):
         cache, frame_state = self._prefill(state, use_cache)
         for step in range(config.max_new_tokens):
             new_codes = self._sample_frame(frame_state, state.codes, processors, config.do_sample, generator)
-            state.append(
-                new_codes, self._next_mel(state.codes, new_codes, audio_tokenizer, feature_extractor, mel_window_frames)
+            new_mel = self._next_mel(
+                mel_source, frame_state, state.codes, new_codes, audio_tokenizer, feature_extractor, mel_window_frames
             )
+            state.append(new_codes, new_mel)
             if streamer is not None:
                 streamer.put(new_codes[:, :, None].cpu())
             if step == config.max_new_tokens - 1:
@@ -705,17 +759,44 @@ class WhisperGPTForCausalLM(WhisperGPTPreTrainedModel, GenerationMixin):
             picked = torch.cat([picked, code], dim=1)
         return picked
 
+    def _resolve_mel_source(self, mel_source: str | None, audio_tokenizer: Any) -> str | None:
+        """Where new mel frames come from: "codec" (decode the new codes), "learned" (the mel head) or None."""
+        if mel_source is None:
+            decoder_usable = audio_tokenizer is not None and getattr(audio_tokenizer, "decoder_trained", True)
+            if self.config.use_mel_head and not decoder_usable:
+                mel_source = "learned"
+            elif self.config.use_spectrogram:
+                mel_source = "codec"
+            else:
+                return None
+        if mel_source not in ("codec", "learned"):
+            raise ValueError(f'mel_source must be "codec", "learned" or None, got {mel_source!r}.')
+        if mel_source == "learned" and not self.config.use_mel_head:
+            raise ValueError('mel_source="learned" needs a model trained with use_mel_head=True; use "codec".')
+        if mel_source == "codec" and audio_tokenizer is None:
+            raise ValueError(
+                "The hybrid model needs audio_tokenizer= in generate(): each new frame's mel spectrogram is computed "
+                'from its decoded audio. Pass processor.audio_tokenizer (or mel_source="learned" for a model with a '
+                "mel head)."
+            )
+        return mel_source
+
     def _next_mel(
         self,
+        mel_source: str | None,
+        frame_state: torch.Tensor,
         codes: torch.Tensor,
         new_codes: torch.Tensor,
         audio_tokenizer: Any,
         feature_extractor: WhisperGPTFeatureExtractor | None,
         window: int,
     ) -> torch.Tensor | None:
-        """Mel frame (B, 1, M) of the newest frame: decode the last ``window`` frames, take the newest samples."""
-        if not self.config.use_spectrogram:
+        """Mel frame (B, 1, M) of the newest frame, from the mel head or the decoded audio of the last frames."""
+        if mel_source is None:
             return None
+        if mel_source == "learned":
+            next_embeds = self.model.embed_codes(new_codes[:, :, None])  # (B, 1, H)
+            return self.mel_head(frame_state[:, None], next_embeds)
         recent = torch.cat([codes, new_codes[:, :, None]], dim=-1)[..., -window:]
         audio = audio_tokenizer.decode(recent).to(self.device)  # (B, window * hop)
         # Whole hops covering n_fft samples, so the last frame's window ends exactly at the newest sample.
@@ -806,4 +887,10 @@ class _GenerationState:
         return sequences * mask[:, None], mask
 
 
-__all__ = ["WhisperGPTForCausalLM", "WhisperGPTGenerateOutput", "WhisperGPTModel", "WhisperGPTPreTrainedModel"]
+__all__ = [
+    "WhisperGPTCausalLMOutput",
+    "WhisperGPTForCausalLM",
+    "WhisperGPTGenerateOutput",
+    "WhisperGPTModel",
+    "WhisperGPTPreTrainedModel",
+]

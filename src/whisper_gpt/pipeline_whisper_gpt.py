@@ -23,9 +23,11 @@ class AudioContinuationPipeline(Pipeline):
 
     Inputs: a waveform (any rate, mono or stereo, float or integer PCM) with ``sampling_rate``, a path to an
     audio file, a dict ``{"array": ..., "sampling_rate": ...}`` (as `datasets` yields), or a list of these (a
-    list of results comes back). ``return_prompt=False`` returns only the continuation. Other keyword arguments
-    go to `WhisperGPTForCausalLM.generate` (``do_sample``, ``temperature``, ``top_k``, ``top_p``, ``generator``,
-    ``num_return_sequences`` ...).
+    list of results comes back). ``return_prompt=False`` returns only the continuation. ``renderer``: "codec"
+    decodes the codes, "mel" renders the mel frames with Griffin-Lim; the default "auto" decodes when the
+    codec's decoder is trained and otherwise renders the mel frames (a locally calibrated codec's decoder makes
+    noise). Other keyword arguments go to `WhisperGPTForCausalLM.generate` (``do_sample``, ``temperature``,
+    ``top_k``, ``top_p``, ``generator``, ``num_return_sequences``, ``mel_source`` ...).
     """
 
     _load_processor = True
@@ -39,6 +41,7 @@ class AudioContinuationPipeline(Pipeline):
         max_new_seconds: float | None = None,
         max_new_tokens: int | None = None,
         return_prompt: bool | None = None,
+        renderer: str | None = None,
         **generate_kwargs: Any,
     ) -> tuple[dict, dict, dict]:
         if max_new_seconds is not None and max_new_tokens is not None:
@@ -52,6 +55,8 @@ class AudioContinuationPipeline(Pipeline):
             forward_params["max_new_tokens"] = max_new_tokens
         preprocess_params = {} if sampling_rate is None else {"sampling_rate": sampling_rate}
         postprocess_params = {} if return_prompt is None else {"return_prompt": return_prompt}
+        if renderer is not None:
+            postprocess_params["renderer"] = renderer
         return preprocess_params, forward_params, postprocess_params
 
     def preprocess(self, audio: Any, sampling_rate: int | None = None) -> dict[str, Any]:
@@ -69,10 +74,14 @@ class AudioContinuationPipeline(Pipeline):
             return_dict_in_generate=True,
             **generate_kwargs,
         )
-        return {"sequences": output.sequences, "attention_mask": output.attention_mask, "prompt_frames": prompt_frames}
+        return {**output, "prompt_frames": prompt_frames}
 
-    def postprocess(self, outputs: dict[str, Any], return_prompt: bool = True) -> dict | list[dict]:
-        waves = self.processor.batch_decode(outputs["sequences"], attention_mask=outputs["attention_mask"])
+    def postprocess(
+        self, outputs: dict[str, Any], return_prompt: bool = True, renderer: str = "auto"
+    ) -> dict | list[dict]:
+        waves = self.processor.render(
+            outputs["sequences"], outputs.get("input_features"), outputs["attention_mask"], renderer=renderer
+        )
         start = 0 if return_prompt else outputs["prompt_frames"] * self.processor.audio_tokenizer.hop_length
         results = [
             {"audio": wave[start:], "sampling_rate": self.processor.audio_tokenizer.sampling_rate} for wave in waves

@@ -120,11 +120,39 @@ class WhisperGPTProcessor(ProcessorMixin):
         if codes.dim() == 2:
             codes = codes[None]
         waves = self.audio_tokenizer.decode(codes).cpu().numpy()  # (B, T * hop)
-        hop = self.audio_tokenizer.hop_length
-        if attention_mask is None:
-            return [wave.astype(np.float32) for wave in waves]
-        frames = torch.as_tensor(attention_mask).sum(-1).tolist()
-        return [wave[: int(count) * hop].astype(np.float32) for wave, count in zip(waves, frames, strict=True)]
+        return _trim(waves, attention_mask, self.audio_tokenizer.hop_length)
+
+    def mel_to_audio(
+        self, features: torch.Tensor | np.ndarray, attention_mask: Any = None, num_iterations: int = 32
+    ) -> list[np.ndarray]:
+        """Render log-mel frames (B, T, M) to a list of float32 waveforms with Griffin-Lim (see
+        `WhisperGPTFeatureExtractor.mel_to_audio`), trimmed to ``attention_mask``. For codecs whose decoder is
+        not trained for listening (``audio_tokenizer.decoder_trained`` is False)."""
+        waves = self.feature_extractor.mel_to_audio(features, num_iterations=num_iterations).cpu().numpy()
+        return _trim(waves, attention_mask, self.feature_extractor.hop_length)
+
+    def render(
+        self,
+        codes: torch.Tensor,
+        input_features: torch.Tensor | None = None,
+        attention_mask: Any = None,
+        renderer: str = "auto",
+    ) -> list[np.ndarray]:
+        """Turn generated codes (B, K, T) and their mel frames (B, T, M) into waveforms.
+
+        ``renderer``: "codec" decodes the codes, "mel" renders the mel frames with Griffin-Lim, "auto" decodes
+        when the codec's decoder is trained and otherwise renders the mel frames when there are any.
+        """
+        if renderer not in ("auto", "codec", "mel"):
+            raise ValueError(f'renderer must be "auto", "codec" or "mel", got {renderer!r}.')
+        if renderer == "auto":
+            use_mel = not self.audio_tokenizer.decoder_trained and input_features is not None
+            renderer = "mel" if use_mel else "codec"
+        if renderer == "mel":
+            if input_features is None:
+                raise ValueError('renderer="mel" needs mel frames: generate with return_dict_in_generate=True.')
+            return self.mel_to_audio(input_features, attention_mask)
+        return self.batch_decode(codes, attention_mask)
 
     def decode(self, codes: torch.Tensor | np.ndarray) -> np.ndarray:
         """Codes (K, T) or (1, K, T) -> one float32 waveform."""
@@ -183,6 +211,14 @@ class WhisperGPTProcessor(ProcessorMixin):
                 _resolve_subfolder(pretrained_model_name_or_path, AUDIO_TOKENIZER_SUBFOLDER, hub_kwargs)
             )
         return cls(feature_extractor=feature_extractor, audio_tokenizer=audio_tokenizer)
+
+
+def _trim(waves: np.ndarray, attention_mask: Any, hop_length: int) -> list[np.ndarray]:
+    """(B, T * hop) audio -> list of float32 waveforms, each cut to its real frames when a mask is given."""
+    if attention_mask is None:
+        return [wave.astype(np.float32) for wave in waves]
+    frames = torch.as_tensor(attention_mask).sum(-1).tolist()
+    return [wave[: int(count) * hop_length].astype(np.float32) for wave, count in zip(waves, frames, strict=True)]
 
 
 def _resolve_subfolder(name_or_path: str | os.PathLike, subfolder: str, hub_kwargs: dict[str, Any]) -> str:

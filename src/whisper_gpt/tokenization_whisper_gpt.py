@@ -21,6 +21,7 @@ Two details of ``EncodecModel`` break that property if it is called directly, an
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -546,6 +547,42 @@ class WhisperGPTAudioTokenizer:
         audio = _run_in_chunks(layers[self._decoder_lstm + 1 :], hidden, 1, self.hop_length, chunk, self.silence_frames)
         return audio[:, 0]
 
+    @torch.no_grad()
+    def initialize_encoder(self, clips: Sequence[np.ndarray], max_seconds: float = 30.0) -> dict[str, float]:
+        """Data-driven (LSUV-style) initialisation of a freshly built codec's encoder.
+
+        A random EnCodec encoder's output is dominated by its biases: the part that varies with the input was
+        ~30x smaller than the constant offset here, so k-means codes carried little information. This zeroes
+        every encoder convolution's bias and, layer by layer in forward order, rescales the convolution's
+        weight (its weight-norm gain) so its output has unit standard deviation on the given audio.
+
+        Args:
+            clips: float32 mono clips at the codec's rate (`normalize_audio_batch` output).
+            max_seconds: audio used (the start of the clips, concatenated).
+        Returns:
+            ``{"signal_to_offset_before", "signal_to_offset_after"}``: the encoder output's standard deviation
+            over time divided by the magnitude of its mean, averaged over channels.
+        """
+        audio = np.concatenate(list(clips))[: int(max_seconds * self.sampling_rate)]
+        inputs = torch.from_numpy(audio)[None, None].to(self.device, self.codec.dtype)
+        before = _signal_to_offset(self.codec.encoder(inputs))
+        convolutions = [module.conv for module in self.codec.encoder.modules() if hasattr(module, "conv")]
+        for conv in convolutions:
+            if conv.bias is not None:
+                conv.bias.zero_()
+        for conv in convolutions:
+            captured: list[torch.Tensor] = []
+            hook = conv.register_forward_hook(lambda _module, _inputs, output, store=captured: store.append(output))
+            self.codec.encoder(inputs)
+            hook.remove()
+            std = float(captured[0].std())
+            if std > 0:
+                _scale_weight(conv, 1.0 / std)
+        return {
+            "signal_to_offset_before": before,
+            "signal_to_offset_after": _signal_to_offset(self.codec.encoder(inputs)),
+        }
+
     def calibrate(
         self,
         audio_iterable: Iterable[Any],
@@ -554,6 +591,7 @@ class WhisperGPTAudioTokenizer:
         iterations: int = 20,
         seed: int = 0,
         num_codebooks: int | None = None,
+        initialize_encoder: bool | None = None,
     ) -> dict[str, Any]:
         """Initialise the RVQ codebooks by k-means on the codec's own encoder output.
 
@@ -572,6 +610,9 @@ class WhisperGPTAudioTokenizer:
             iterations: most k-means iterations per codebook; it stops earlier once fewer than 0.1% of the
                 frames change code.
             seed: makes the frame sample and the k-means start reproducible.
+            initialize_encoder: run `initialize_encoder` on the first item of the audio (up to 30 s) first.
+                ``None``: only for a freshly built codec (not calibrated, decoder not trained); never for a
+                pretrained one, whose encoder must stay as it was trained.
             num_codebooks: how many codebooks (from the first) to calibrate. ``None``: those used at this
                 tokenizer's bandwidth (8 at 6 kbps); ``codec.config.num_quantizers`` for all of them, so any
                 bandwidth works later. `encode` warns when it uses a codebook that is still all zero.
@@ -598,9 +639,18 @@ class WhisperGPTAudioTokenizer:
         rng = np.random.default_rng(seed)
         reservoir = np.empty((max_frames, self.codec.config.codebook_dim), dtype=np.float32)
         seen = 0
+        if initialize_encoder is None:
+            initialize_encoder = not self.calibrated and not self.decoder_trained
+        items = (normalize_audio_batch(item, sampling_rate, self.sampling_rate) for item in audio_iterable)
+        encoder_stats: dict[str, float] = {}
+        if initialize_encoder:
+            first = next(items, None)
+            if first is None:
+                raise ValueError("calibrate got no audio.")
+            encoder_stats = self.initialize_encoder(first)
+            items = itertools.chain([first], items)
         with torch.inference_mode():
-            for item in audio_iterable:
-                clips = normalize_audio_batch(item, sampling_rate, self.sampling_rate)
+            for clips in items:
                 # Batched: codes are not computed here, so rounding differences do not matter.
                 for embeddings in self._clip_embeddings(clips, _CALIBRATION_BATCH):
                     seen = _reservoir_add(reservoir, seen, embeddings.T.float().cpu().numpy(), rng)
@@ -624,7 +674,7 @@ class WhisperGPTAudioTokenizer:
         residual = torch.from_numpy(reservoir[:used]).to(self.device)
         # Relative to the embeddings' variance: their mean alone would make any codebook look good.
         variance = max(float(residual.var(dim=0, unbiased=False).mean()), torch.finfo(torch.float32).tiny)
-        stats: dict[str, Any] = {"frames": used, "frames_seen": seen}
+        stats: dict[str, Any] = {"frames": used, "frames_seen": seen, **encoder_stats}
         per_codebook: dict[str, list] = {
             "entropy_bits": [],
             "codes_used": [],
@@ -656,6 +706,21 @@ class WhisperGPTAudioTokenizer:
         """Indices among the first ``count`` codebooks that are all zero (never trained or calibrated)."""
         layers = self.codec.quantizer.layers[:count]
         return [index for index, layer in enumerate(layers) if not bool(layer.codebook.embed.any())]
+
+
+def _signal_to_offset(embeddings: torch.Tensor) -> float:
+    """(B, D, T) encoder output -> mean over channels of std over time / |mean over time|."""
+    flat = embeddings.transpose(0, 1).reshape(embeddings.shape[1], -1)
+    return float((flat.std(dim=1) / flat.mean(dim=1).abs().clamp(min=1e-12)).mean())
+
+
+def _scale_weight(conv: torch.nn.Conv1d, factor: float) -> None:
+    """Multiply a convolution's effective weight by ``factor`` (its weight-norm gain when it has one)."""
+    parametrizations = getattr(conv, "parametrizations", None)
+    if parametrizations is not None and "weight" in parametrizations:
+        parametrizations.weight.original0.mul_(factor)
+    else:
+        conv.weight.mul_(factor)
 
 
 __all__ = ["WhisperGPTAudioTokenizer", "small_encodec_config"]
