@@ -144,3 +144,21 @@ def test_bad_audio_raises_clear_value_error(extractor, case, audio, rate, messag
 def test_bad_clip_in_a_batch_is_named(extractor) -> None:
     with pytest.raises(ValueError, match=r"audio\[1\]"):
         extractor([np.zeros(10, np.float32), np.zeros(0, np.float32)], sampling_rate=24000)
+
+
+def test_centered_framing_is_an_ablation_that_leaks_the_future() -> None:
+    centered = WhisperGPTFeatureExtractor(framing="centered")
+    audio = real_like_audio(0.5)
+    changed = audio.copy()
+    changed[3 * HOP :] += 0.5  # frames <= 2 must not see this
+    a, b = (centered(x, sampling_rate=24000, return_tensors="pt").input_features[0] for x in (audio, changed))
+    assert a.shape == (math.ceil(len(audio) / HOP), 80)  # same frame count as causal framing
+    torch.testing.assert_close(a[0], b[0], atol=0, rtol=0)  # frame 0's window ends at hop + 352 = 672
+    assert not torch.allclose(a[1], b[1])  # frame 1's ends at 992 > 3 * hop: 352 samples of future
+    causal = WhisperGPTFeatureExtractor()
+    c, d = (causal(x, sampling_rate=24000, return_tensors="pt").input_features[0] for x in (audio, changed))
+    torch.testing.assert_close(c[:3], d[:3], atol=0, rtol=0)
+    round_trip = WhisperGPTFeatureExtractor.from_dict(centered.to_dict())
+    assert round_trip.framing == "centered"
+    with pytest.raises(ValueError, match="framing"):
+        WhisperGPTFeatureExtractor(framing="future")

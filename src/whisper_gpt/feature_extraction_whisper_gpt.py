@@ -121,6 +121,11 @@ class WhisperGPTFeatureExtractor(SequenceFeatureExtractor):
             sample ``(t + 1) * hop_length``.
         f_min / f_max (`float`): mel filterbank range in Hz (``f_max`` defaults to Nyquist).
         padding_value (`float`, defaults to 0.0): value of padded frames in a batch.
+        framing (`str`, defaults to "causal"): "causal" (the window of frame t ends at sample (t + 1) * hop).
+            "centered" centres it on the middle of frame t's hop, as the common STFT implementations do: it
+            sees ``n_fft / 2 - hop / 2`` samples of the future and breaks the causality rule. It exists only
+            to measure how much of a hybrid model's gain such leakage would fake; never train a model for use
+            with it.
     """
 
     model_input_names = ["input_features", "attention_mask"]
@@ -131,6 +136,7 @@ class WhisperGPTFeatureExtractor(SequenceFeatureExtractor):
         sampling_rate: int = 24000,
         hop_length: int = 320,
         n_fft: int = 1024,
+        framing: str = "causal",
         f_min: float = 0.0,
         f_max: float | None = None,
         padding_value: float = 0.0,
@@ -148,6 +154,9 @@ class WhisperGPTFeatureExtractor(SequenceFeatureExtractor):
             raise ValueError(f"n_fft ({n_fft}) must be at least hop_length ({hop_length}).")
         self.hop_length = hop_length
         self.n_fft = n_fft
+        if framing not in ("causal", "centered"):
+            raise ValueError(f'framing must be "causal" or "centered", got {framing!r}.')
+        self.framing = framing
         self.f_min = f_min
         self.f_max = f_max
         self._mel_filters = torch.from_numpy(
@@ -194,7 +203,9 @@ class WhisperGPTFeatureExtractor(SequenceFeatureExtractor):
         length = waveforms.shape[-1]
         frames = num_frames(length, self.hop_length)
         # Zeros before the clip so frame 0's window ends at sample hop; zeros after the last partial frame.
-        padded = torch.nn.functional.pad(waveforms, (self.n_fft - self.hop_length, frames * self.hop_length - length))
+        left = self._left_padding()
+        right = self.n_fft + (frames - 1) * self.hop_length - left - length
+        padded = torch.nn.functional.pad(waveforms, (left, right))
         return torch.stft(
             padded,
             n_fft=self.n_fft,
@@ -203,6 +214,12 @@ class WhisperGPTFeatureExtractor(SequenceFeatureExtractor):
             center=False,
             return_complex=True,
         )
+
+    def _left_padding(self) -> int:
+        """Zeros before the clip: causal framing ends frame 0's window at sample hop."""
+        if self.framing == "causal":
+            return self.n_fft - self.hop_length
+        return (self.n_fft - self.hop_length) // 2
 
     def _inverse_causal_stft(self, spectrum: torch.Tensor) -> torch.Tensor:
         """(B, n_freq, T) complex -> (B, T * hop) audio: windowed overlap-add, the inverse of `_causal_stft`."""
@@ -216,7 +233,8 @@ class WhisperGPTFeatureExtractor(SequenceFeatureExtractor):
         # The last hop is covered only by the near-zero tail of one window: floor the norm so it fades out
         # instead of amplifying rounding noise.
         audio = audio / norm.clamp(min=1e-2 * float(norm.max()))
-        return audio[:, self.n_fft - self.hop_length :]
+        left = self._left_padding()
+        return audio[:, left : left + frames * self.hop_length]
 
     def _mel_to_linear_power(self, mel_power: torch.Tensor, iterations: int = 50) -> torch.Tensor:
         """(B, T, M) mel power -> (B, T, n_freq) non-negative power spectrum whose mel projection matches it.
