@@ -42,4 +42,4 @@ def test_generate_writes_wav_and_plot(tiny_processor, tmp_path, capsys) -> None:
     assert rate == 24000
     assert len(audio) == (15 + 15) * 320  # 0.2 s prompt -> 15 frames, plus 15 new frames
     assert png.stat().st_size > 10_000
-    assert "not meant for listening" in capsys.readouterr().out
+    assert "Griffin-Lim" in capsys.readouterr().out  # a locally calibrated codec: rendered from mel frames

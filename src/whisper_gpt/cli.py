@@ -80,24 +80,29 @@ def _generate(args: argparse.Namespace) -> None:
     if args.prompt_seconds is not None:
         audio = audio[-int(args.prompt_seconds * rate) :]
     batch = processor(
-        audio=audio, sampling_rate=rate, mel_source=args.mel_source, mel_num_codebooks=model.config.num_codebooks
+        audio=audio, sampling_rate=rate, mel_source=args.prompt_mel, mel_num_codebooks=model.config.num_codebooks
     )
     frames = max(1, round(args.seconds * model.config.frame_rate))
-    codes = model.generate(
+    output = model.generate(
         **batch,
         audio_tokenizer=processor.audio_tokenizer,
         feature_extractor=processor.feature_extractor,
+        mel_source=None if args.mel_source == "auto" else args.mel_source,
         max_new_tokens=frames,
         do_sample=not args.greedy,
         temperature=args.temperature,
         top_k=args.top_k,
         generator=torch.Generator().manual_seed(args.seed),
         streamer=_ProgressStreamer(frames),
+        return_dict_in_generate=True,
     )
-    wave = processor.decode(codes[0])
+    renderer = processor.resolve_renderer(args.render, output.input_features is not None)
+    (wave,) = processor.render(output.sequences, output.input_features, renderer=renderer)
     soundfile.write(args.out, wave, processor.audio_tokenizer.sampling_rate)
     print(f"wrote {args.out}: {len(wave) / processor.audio_tokenizer.sampling_rate:.2f} s ({frames} new frames)")
-    if not processor.audio_tokenizer.decoder_trained:
+    if renderer == "mel":
+        print("rendered from the log-mel frames with Griffin-Lim (the codec's decoder is not trained)")
+    elif not processor.audio_tokenizer.decoder_trained:
         print("note: this codec's decoder was not trained, so the WAV is not meant for listening")
     if args.plot:
         from whisper_gpt.plotting import plot_continuation
@@ -120,9 +125,21 @@ def _add_generate_command(commands) -> None:
     generate.add_argument("--seed", type=int, default=0)
     generate.add_argument(
         "--mel-source",
+        choices=["auto", "codec", "learned"],
+        default="auto",
+        help="new frames' mel: decode them with the codec, or the model's mel head (auto: see generate())",
+    )
+    generate.add_argument(
+        "--prompt-mel",
         choices=["audio", "codec"],
         default="audio",
-        help="mel of the prompt: its audio or its codec resynthesis",
+        help="prompt's mel: its audio or its codec resynthesis",
+    )
+    generate.add_argument(
+        "--render",
+        choices=["auto", "codec", "mel"],
+        default="auto",
+        help="decode the codes with the codec or render the mel frames with Griffin-Lim (auto: by the codec)",
     )
     generate.set_defaults(handler=_generate)
 

@@ -131,6 +131,14 @@ class WhisperGPTProcessor(ProcessorMixin):
         waves = self.feature_extractor.mel_to_audio(features, num_iterations=num_iterations).cpu().numpy()
         return _trim(waves, attention_mask, self.feature_extractor.hop_length)
 
+    def resolve_renderer(self, renderer: str, have_mel_frames: bool) -> str:
+        """ "auto" -> "mel" when the codec's decoder is not trained and mel frames exist, else "codec"."""
+        if renderer not in ("auto", "codec", "mel"):
+            raise ValueError(f'renderer must be "auto", "codec" or "mel", got {renderer!r}.')
+        if renderer != "auto":
+            return renderer
+        return "mel" if have_mel_frames and not self.audio_tokenizer.decoder_trained else "codec"
+
     def render(
         self,
         codes: torch.Tensor,
@@ -143,11 +151,7 @@ class WhisperGPTProcessor(ProcessorMixin):
         ``renderer``: "codec" decodes the codes, "mel" renders the mel frames with Griffin-Lim, "auto" decodes
         when the codec's decoder is trained and otherwise renders the mel frames when there are any.
         """
-        if renderer not in ("auto", "codec", "mel"):
-            raise ValueError(f'renderer must be "auto", "codec" or "mel", got {renderer!r}.')
-        if renderer == "auto":
-            use_mel = not self.audio_tokenizer.decoder_trained and input_features is not None
-            renderer = "mel" if use_mel else "codec"
+        renderer = self.resolve_renderer(renderer, input_features is not None)
         if renderer == "mel":
             if input_features is None:
                 raise ValueError('renderer="mel" needs mel frames: generate with return_dict_in_generate=True.')

@@ -1,0 +1,151 @@
+"""How good is the learned mel-from-codes head, and how much faster does it make generation?
+
+Trains the paper's hybrid with ``use_mel_head=True`` on a built corpus (a short run), then on the held-out
+files measures the mel L1 to the true causal log-mel frame t+1 of:
+- the learned frame (mel head, teacher-forced with the true codes of frame t+1),
+- the frame computed from codec-decoded audio (codebook 0 only, and all 8 codebooks),
+- copying frame t (a trivial baseline),
+and times generation (seconds of audio per wall-clock second) with ``mel_source="learned"`` against
+``mel_source="codec"`` for the same model. Prints JSON; ``--out`` writes it.
+
+    whisper-gpt corpus speech runs/corpus/speech --minutes 3
+    python scripts/mel_head_report.py --corpus runs/corpus/speech --out docs/mel_head_speech.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import soundfile
+import torch
+
+from whisper_gpt import WhisperGPTForCausalLM, WhisperGPTProcessor
+from whisper_gpt.corpus import audio_files
+from whisper_gpt.data import build_processor
+from whisper_gpt.training import TrainingConfig, train
+
+
+def heldout_clips(corpus: Path, seconds: float) -> list[np.ndarray]:
+    clips, total = [], 0.0
+    for path in audio_files(corpus, split="validation"):
+        audio, rate = soundfile.read(path, dtype="float32", always_2d=True)
+        clips.append(audio.mean(axis=1))
+        total += len(clips[-1]) / rate
+        if total >= seconds:
+            break
+    return clips
+
+
+def mel_errors(model: WhisperGPTForCausalLM, processor: WhisperGPTProcessor, clips: list[np.ndarray]) -> dict:
+    """Mean L1 (over frames and bins) to the true mel frame t+1, for each way of getting it."""
+    sums = {"learned": 0.0, "codec_codebook0": 0.0, "codec_8_codebooks": 0.0, "copy_previous_frame": 0.0}
+    frames = 0
+    extractor = processor.feature_extractor
+    with torch.inference_mode():
+        for clip in clips:
+            batch = processor(audio=clip, sampling_rate=24000)
+            true = batch.input_features[0]  # (T, M)
+            predicted = model(**batch).predicted_mel[0]
+            sums["learned"] += float((predicted[:-1] - true[1:]).abs().mean(-1).sum())
+            for name, codebooks in (("codec_codebook0", 1), ("codec_8_codebooks", 8)):
+                audio = processor.audio_tokenizer.decode(batch.input_ids[:, :codebooks])[:, : len(clip)]
+                decoded = extractor.causal_log_mel(audio)[0]
+                sums[name] += float((decoded[1:] - true[1:]).abs().mean(-1).sum())
+            sums["copy_previous_frame"] += float((true[:-1] - true[1:]).abs().mean(-1).sum())
+            frames += true.shape[0] - 1
+    return {name: value / frames for name, value in sums.items()} | {"frames": frames}
+
+
+def generation_speed(model, processor, clip: np.ndarray, new_frames: int, repeats: int) -> dict:
+    """Seconds of generated audio per wall-clock second, interleaving the two mel sources."""
+    prompt = processor(audio=clip[: 2 * 24000], sampling_rate=24000)
+    times: dict[str, list[float]] = {"learned": [], "codec": []}
+    for _ in range(repeats):
+        for source in times:
+            started = time.perf_counter()
+            model.generate(
+                **prompt,
+                audio_tokenizer=processor.audio_tokenizer,
+                feature_extractor=processor.feature_extractor,
+                mel_source=source,
+                max_new_tokens=new_frames,
+                do_sample=True,
+                top_k=50,
+                generator=torch.Generator().manual_seed(0),
+            )
+            times[source].append(time.perf_counter() - started)
+    seconds = new_frames / model.config.frame_rate
+    rtf = {source: seconds / float(np.median(values)) for source, values in times.items()}
+    return {
+        "new_frames": new_frames,
+        "rtf_learned": rtf["learned"],
+        "rtf_codec": rtf["codec"],
+        "speedup_learned_over_codec": rtf["learned"] / rtf["codec"],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--corpus", type=Path, required=True, help="a corpus built by `whisper-gpt corpus`")
+    parser.add_argument("--work-dir", type=Path, default=Path("runs/mel_head"))
+    parser.add_argument("--steps", type=int, default=600)
+    parser.add_argument("--heldout-seconds", type=float, default=60.0)
+    parser.add_argument("--new-frames", type=int, default=150)
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    torch.set_flush_denormal(True)
+    started = time.perf_counter()
+
+    processor, _ = build_processor(audio_files(args.corpus, split="train"), bandwidth=6.0)
+    processor.save_pretrained(args.work_dir / "processor")
+    summary = train(
+        TrainingConfig(
+            output_dir=str(args.work_dir / "model"),
+            train_data=str(args.corpus),
+            processor=str(args.work_dir / "processor"),
+            preset="paper_hybrid",
+            model_overrides={"use_mel_head": True},
+            max_frames=300,
+            batch_size=8,
+            warmup_steps=args.steps // 10,
+            max_steps=args.steps,
+            eval_every=args.steps,
+            save_every=args.steps,
+            report_to="none",
+            progress=False,
+        )
+    )
+    final = args.work_dir / "model" / "final"
+    model = WhisperGPTForCausalLM.from_pretrained(final).eval()
+    processor = WhisperGPTProcessor.from_pretrained(final)
+    clips = heldout_clips(args.corpus, args.heldout_seconds)
+    report = {
+        "command": "python scripts/mel_head_report.py "
+        + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v is not None),
+        "corpus": str(args.corpus),
+        "training_steps": args.steps,
+        "validation_metrics": {
+            key: summary["validation"][key] for key in ("nll", "accuracy", "perplexity", "codebook_0")
+        },
+        "training_seconds": summary["seconds"],
+        "heldout_mel_l1": mel_errors(model, processor, clips),
+        "generation": generation_speed(model, processor, np.concatenate(clips), args.new_frames, repeats=3),
+        "codec": "small_encodec_config() (random weights, k-means codebooks; decoder not trained)",
+        "machine": {"processor": platform.processor() or platform.machine(), "torch_threads": torch.get_num_threads()},
+        "wall_seconds": time.perf_counter() - started,
+    }
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
