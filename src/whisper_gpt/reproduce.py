@@ -1,0 +1,1196 @@
+"""``whisper-gpt reproduce``: the paper's comparison (arXiv 2412.11449) on real speech and music, plus ablations.
+
+One command, one time budget (``--budget-minutes``):
+
+1. builds (or reuses) a speech and a music corpus (`whisper_gpt.corpus.build_corpus`; the minutes cap per domain is
+   derived from the budget), or takes folders of the user's own audio;
+2. calibrates ONE local EnCodec (8 codebooks, 6 kbps geometry) on training audio of both domains and encodes every
+   file once: codes, causal log-mel, and for the ablation domain the centered-STFT (leaky) mel and the mel of the
+   codec's resynthesis (``mel_source="codec"``);
+3. times a few optimizer steps of every model it will train (and one evaluation batch), then gives every run the
+   SAME number of optimizer steps, batch and crop length (so the same epochs), AdamW and warmup + cosine schedule,
+   choosing the step count so that the whole study fits in the budget on this machine;
+4. trains GPT-S and the hybrid with several seeds and GPT-L with one seed per domain, evaluates on the held-out
+   (validation) files at a few points during training and at the end, and runs the ablations on one domain;
+5. writes ``results.json``, ``results.md`` and validation-loss plots (``figures/``) into ``--docs-dir``.
+
+The flattened baseline of the context-length ablation (``flat8``) is a token-only GPT-S whose vocabulary is the 8
+codebooks side by side (``codebook_size = 8 * 1024``): frame t's codes become 8 consecutive tokens
+``k * 1024 + code_k`` (k = 0..7), so the same seconds of audio make a sequence 8 times longer. Its NLL per codebook
+is computed over the 1024 logits of the codebook the next token belongs to (which is known from the position), so
+it is comparable with the hybrid K=8 model's per-codebook NLL; tokens of a window's first frame are not scored
+(the frame-level models cannot predict frame 0 of a window either).
+
+Training here is a plain loop (no checkpoints or trackers) with the optimizer of `whisper_gpt.training`: AdamW
+(beta2 0.95, weight decay 0.1 on matrices only), linear warmup then cosine decay, gradient clipping at 1.0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import itertools
+import json
+import logging
+import math
+import os
+import platform
+import resource
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+logger = logging.getLogger(__name__)
+
+DOMAINS = ("speech", "music")
+MAIN_MODELS = ("gpt_s", "gpt_l", "hybrid")
+PRESET = {"gpt_s": "paper_gpt_s", "gpt_l": "paper_gpt_l", "hybrid": "paper_hybrid"}
+LABEL = {"gpt_s": "token-only GPT-S", "gpt_l": "token-only GPT-L", "hybrid": "hybrid Whisper-GPT"}
+# arXiv 2412.11449, Table 1 (codebook 0 of the published 24 kHz EnCodec): params, NLL (nats), accuracy, PPL.
+PAPER = {
+    "speech": {
+        "gpt_s": {"params": 3.7e6, "nll": 2.02, "accuracy": 0.3418, "ppl": 7.54},
+        "gpt_l": {"params": 40e6, "nll": 1.94, "accuracy": 0.3482, "ppl": 6.96},
+        "hybrid": {"params": 4.0e6, "nll": 1.93, "accuracy": 0.3505, "ppl": 6.96},
+    },
+    "music": {
+        "gpt_s": {"params": 3.7e6, "nll": 2.78, "accuracy": 0.3496, "ppl": 16.12},
+        "gpt_l": {"params": 40e6, "nll": 2.77, "accuracy": 0.3572, "ppl": 15.96},
+        "hybrid": {"params": 4.0e6, "nll": 2.52, "accuracy": 0.3847, "ppl": 12.43},
+    },
+}
+CODEC_CODEBOOKS = 8  # 6 kbps: what the K=8 ablations read; the paper's models read codebook 0 only
+
+
+@dataclass
+class ReproductionConfig:
+    """Everything the study needs; the defaults are the committed run's settings."""
+
+    budget_minutes: float = 50.0
+    output_dir: str = "runs/reproduce"  # corpora (unless given), codec, encoded-data cache, per-run logs
+    docs_dir: str = "docs"  # results.json, results.md, figures/
+    speech_dir: str | None = None  # an existing corpus or audio folder; default OUTPUT_DIR/corpora/speech
+    music_dir: str | None = None
+    corpus_minutes: float | None = None  # per domain; default derived from the budget
+    seeds: tuple[int, ...] = (0, 1)  # GPT-S and hybrid
+    large_seeds: tuple[int, ...] = (0,)  # GPT-L
+    ablations: bool = True
+    ablation_domain: str = "music"
+    batch_size: int = 8
+    max_frames: int = 125  # training crop and evaluation window (frames at 75 / s)
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.1
+    adam_beta2: float = 0.95
+    warmup_fraction: float = 0.05
+    max_grad_norm: float = 1.0
+    eval_points: int = 4  # validation evaluations per run (evenly spaced, the last at the final step)
+    validation_seconds: float = 90.0  # cap on held-out audio per domain (whole files, in manifest order)
+    min_steps: int = 2
+    max_steps: int | None = None  # force the step count (otherwise derived from the budget)
+    codebook_size: int = 1024
+    num_mel_bins: int = 80
+    calibration_seconds: float = 240.0  # of training audio, split between the domains
+    calibration_frames: int = 30_000
+    calibration_iterations: int = 10
+    model_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)  # keys: "all" or a model name
+    torch_threads: int = 1
+    timing_steps: int = 2
+    measure_memory: bool = True
+    progress: bool = False
+    command: str | None = None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Corpora, codec and encoded data
+
+
+def _corpus_dirs(config: ReproductionConfig) -> dict[str, Path]:
+    root = Path(config.output_dir) / "corpora"
+    return {
+        "speech": Path(config.speech_dir) if config.speech_dir else root / "speech",
+        "music": Path(config.music_dir) if config.music_dir else root / "music",
+    }
+
+
+def corpus_minutes_for(budget_minutes: float) -> float:
+    """Minutes of audio per domain for a budget: enough for about an epoch or two of training, at most an hour."""
+    return float(min(60.0, max(2.0, budget_minutes / 3.0)))
+
+
+def _ensure_corpora(config: ReproductionConfig) -> dict[str, dict[str, Any]]:
+    """Reuse a folder that already holds audio (a built corpus or the user's folder); otherwise build one."""
+    from .corpus import audio_files, build_corpus, load_manifest
+
+    info = {}
+    for domain, folder in _corpus_dirs(config).items():
+        started = time.perf_counter()
+        # A built corpus (its manifest) or a user's folder of audio is reused as it is; anything else is built.
+        reuse = (folder / "manifest.jsonl").is_file() or (
+            folder.is_dir() and not (folder / "cache").is_dir() and bool(audio_files(folder))
+        )
+        if reuse:
+            built = False
+        else:
+            minutes = config.corpus_minutes or corpus_minutes_for(config.budget_minutes)
+            build_corpus(domain, folder, minutes=minutes, progress=config.progress)
+            built = True
+        rows = load_manifest(folder)
+        sources: dict[str, float] = {}
+        for row in rows:
+            sources[row.get("source", "user")] = round(sources.get(row.get("source", "user"), 0.0) + row["duration"], 3)
+        info[domain] = {
+            "dir": str(folder),
+            "built_now": built,
+            "files": {s: sum(r["split"] == s for r in rows) for s in ("train", "validation")},
+            "seconds": {
+                s: round(sum(r["duration"] for r in rows if r["split"] == s), 2) for s in ("train", "validation")
+            },
+            "seconds_by_source": sources,
+            "wall_seconds": round(time.perf_counter() - started, 1),
+        }
+    return info
+
+
+def _calibration_files(dirs: dict[str, Path], seconds: float) -> list[Path]:
+    """Training files of both domains, about ``seconds`` in all, half per domain, in a seeded order."""
+    from .corpus import load_manifest
+
+    chosen: list[Path] = []
+    for folder in dirs.values():
+        rows = [row for row in load_manifest(folder) if row["split"] == "train"]
+        total = 0.0
+        for index in np.random.default_rng(0).permutation(len(rows)):
+            if total >= seconds / len(dirs):
+                break
+            chosen.append(folder / rows[index]["path"])
+            total += rows[index]["duration"]
+    return chosen
+
+
+def _processor(config: ReproductionConfig, dirs: dict[str, Path]) -> tuple[Any, dict[str, Any]]:
+    """One codec for everything: reuse OUTPUT_DIR/processor or calibrate it on training audio of both domains."""
+    from .data import build_processor
+    from .processing_whisper_gpt import WhisperGPTProcessor
+
+    target = Path(config.output_dir) / "processor"
+    stats_file = target / "calibration.json"
+    if (target / "audio_tokenizer").is_dir() and stats_file.is_file():
+        stats = json.loads(stats_file.read_text())
+        stats["reused"] = True
+        return WhisperGPTProcessor.from_pretrained(str(target)), stats
+    started = time.perf_counter()
+    files = _calibration_files(dirs, config.calibration_seconds)
+    processor, stats = build_processor(
+        files,
+        num_mel_bins=config.num_mel_bins,
+        codebook_size=config.codebook_size,
+        bandwidth=6.0,
+        max_frames=config.calibration_frames,
+        iterations=config.calibration_iterations,
+        seed=0,
+    )
+    stats = {
+        "frames": stats.get("frames"),
+        "calibration_files": len(files),
+        "calibration_seconds_of_audio": round(sum(_duration(f) for f in files), 1),
+        "wall_seconds": round(time.perf_counter() - started, 1),
+        "entropy_bits": stats.get("entropy_bits"),
+        "codes_used": stats.get("codes_used"),
+        "residual_energy": stats.get("residual_energy"),
+    }
+    processor.save_pretrained(str(target))
+    stats_file.write_text(json.dumps(stats, indent=2) + "\n")
+    stats["reused"] = False
+    return processor, stats
+
+
+def _duration(path: Path) -> float:
+    import soundfile as sf
+
+    return float(sf.info(str(path)).duration)
+
+
+def _validation_subset(folder: Path, seconds: float) -> list[Path]:
+    """Held-out files in manifest order until ``seconds`` are reached (at least one file)."""
+    from .corpus import load_manifest
+
+    chosen, total = [], 0.0
+    for row in load_manifest(folder):
+        if row["split"] != "validation":
+            continue
+        if chosen and total + row["duration"] > seconds:
+            continue
+        chosen.append(folder / row["path"])
+        total += row["duration"]
+    return chosen
+
+
+def _encode(processor: Any, files: list[Path], variants: tuple[str, ...], cache: Path) -> dict[str, Any]:
+    """Codes (T, 8) and the requested mel variants (T, M) of every file, cached in one .npz per file list."""
+    from .data import load_audio, processor_fingerprint
+    from .feature_extraction_whisper_gpt import WhisperGPTFeatureExtractor, normalize_audio_batch
+
+    digest = hashlib.sha256(processor_fingerprint(processor).encode())
+    for file in files:
+        stat = file.stat()
+        digest.update(f"{file.resolve()}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    digest.update(",".join(variants).encode())
+    target = cache / f"encoded-{digest.hexdigest()[:20]}.npz"
+    if target.is_file():
+        with np.load(target) as data:
+            return _unpack(dict(data), variants)
+    causal = processor.feature_extractor
+    centered = WhisperGPTFeatureExtractor(
+        feature_size=causal.feature_size,
+        sampling_rate=causal.sampling_rate,
+        hop_length=causal.hop_length,
+        n_fft=causal.n_fft,
+        framing="centered",
+    )
+    arrays: dict[str, list[np.ndarray]] = {"codes": [], **{v: [] for v in variants}}
+    for file in files:
+        audio, rate = load_audio(file)
+        inputs = processor(audio=audio, sampling_rate=rate, return_tensors="np")
+        arrays["codes"].append(inputs["input_ids"][0].T.astype(np.uint16))
+        if "causal" in variants:
+            arrays["causal"].append(inputs["input_features"][0].astype(np.float16))
+        if "centered" in variants:
+            clip = normalize_audio_batch(audio, rate, processor.sampling_rate)
+            arrays["centered"].append(centered.features_from_clips(clip, return_tensors="np")["input_features"][0])
+        if "codec" in variants:
+            codec = processor(
+                audio=audio, sampling_rate=rate, return_tensors="np", mel_source="codec", mel_num_codebooks=1
+            )
+            arrays["codec"].append(codec["input_features"][0].astype(np.float16))
+    lengths = np.array([c.shape[0] for c in arrays["codes"]], dtype=np.int64)
+    packed = {"lengths": lengths, **{k: np.concatenate(v).astype(v[0].dtype) for k, v in arrays.items()}}
+    packed = {k: (v.astype(np.float16) if k in variants else v) for k, v in packed.items()}
+    cache.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(target.stem + ".partial.npz")
+    np.savez(partial, **packed)
+    os.replace(partial, target)
+    return _unpack(packed, variants)
+
+
+def _unpack(packed: dict[str, np.ndarray], variants: tuple[str, ...]) -> dict[str, Any]:
+    bounds = np.concatenate([[0], np.cumsum(packed["lengths"])])
+    split = {k: [packed[k][a:b] for a, b in itertools.pairwise(bounds)] for k in ("codes", *variants)}
+    return {"lengths": packed["lengths"], **split}
+
+
+def _dataset(encoded: dict[str, Any], variant: str) -> Any:
+    """A `datasets.Dataset` in the layout of `whisper_gpt.data.prepare_dataset` with the chosen mel variant."""
+    import datasets
+
+    num_codebooks = encoded["codes"][0].shape[1]
+    mel_bins = encoded[variant][0].shape[1]
+    features = datasets.Features(
+        {
+            "codes": datasets.Array2D(shape=(None, num_codebooks), dtype="uint16"),
+            "input_features": datasets.Array2D(shape=(None, mel_bins), dtype="float16"),
+            "num_frames": datasets.Value("int32"),
+        }
+    )
+    return datasets.Dataset.from_dict(
+        {"codes": encoded["codes"], "input_features": encoded[variant], "num_frames": encoded["lengths"].tolist()},
+        features=features,
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Runs
+
+
+@dataclass
+class RunSpec:
+    name: str  # row name, e.g. "gpt_s" or "hybrid_centered_mel"
+    domain: str
+    model: str  # gpt_s / gpt_l / hybrid (the preset it starts from)
+    seed: int = 0
+    overrides: dict[str, Any] = field(default_factory=dict)
+    mel: str = "causal"  # causal / centered / codec
+    flat: bool = False  # the flattened 8-codebook token-only baseline
+
+    @property
+    def key(self) -> str:
+        return f"{self.domain}/{self.name}/seed{self.seed}"
+
+
+def _model_config(spec: RunSpec, config: ReproductionConfig) -> Any:
+    from .training import model_config
+
+    overrides = {
+        "codebook_size": config.codebook_size,
+        "num_mel_bins": config.num_mel_bins,
+        "max_position_embeddings": config.max_frames,
+        **config.model_overrides.get("all", {}),
+        **config.model_overrides.get(spec.model, {}),
+        **spec.overrides,
+    }
+    if spec.flat:
+        overrides.update(
+            codebook_size=CODEC_CODEBOOKS * overrides["codebook_size"],
+            max_position_embeddings=CODEC_CODEBOOKS * config.max_frames,
+            num_codebooks=1,
+            use_spectrogram=False,
+        )
+    return model_config(PRESET[spec.model], overrides)
+
+
+def _flatten_batch(batch: dict[str, torch.Tensor], codebook_size: int) -> dict[str, torch.Tensor]:
+    """(B, 8, L) frame codes -> (B, 1, 8L) tokens k * V + code_k, frame-major; masks and labels follow."""
+    ids = batch["input_ids"][:, :CODEC_CODEBOOKS]
+    batch_size, k, length = ids.shape
+    offsets = (torch.arange(k) * codebook_size)[None, :, None]
+    flat = (ids + offsets).transpose(1, 2).reshape(batch_size, 1, k * length)
+    mask = batch["attention_mask"].repeat_interleave(k, dim=1)
+    labels = batch["labels"][:, :CODEC_CODEBOOKS]
+    flat_labels = torch.where(labels == -100, -100, labels + offsets).transpose(1, 2).reshape(batch_size, 1, k * length)
+    return {"input_ids": flat, "attention_mask": mask, "labels": flat_labels}
+
+
+def _model_inputs(batch: dict[str, torch.Tensor], cfg: Any, flat: bool, codebook_size: int) -> dict[str, torch.Tensor]:
+    if flat:
+        return _flatten_batch(batch, codebook_size)
+    batch = dict(batch)
+    if not cfg.use_spectrogram:
+        batch.pop("input_features", None)
+    return batch
+
+
+def _evaluate_flat(model: Any, dataset: Any, window: int, codebook_size: int, batch_size: int = 8) -> dict[str, Any]:
+    """Per-codebook NLL / accuracy of the flattened model, each token scored over its codebook's 1024 logits."""
+    from .data import SlidingWindows, WhisperGPTDataCollator
+
+    windows = SlidingWindows(dataset, window)
+    collate = WhisperGPTDataCollator(max_frames=window, random_crop=False)
+    k = CODEC_CODEBOOKS
+    nll_sum, correct_sum, count = np.zeros(k), np.zeros(k), np.zeros(k)
+    model.eval()
+    with torch.inference_mode():
+        for start in range(0, len(windows), batch_size):
+            batch = collate([windows[i] for i in range(start, min(start + batch_size, len(windows)))])
+            flat = _flatten_batch(batch, codebook_size)
+            logits = model(input_ids=flat["input_ids"], attention_mask=flat["attention_mask"], use_cache=False).logits
+            logits = logits[:, 0, :-1].float()  # position j predicts token j + 1
+            targets = flat["labels"][:, 0, 1:]
+            positions = torch.arange(1, targets.shape[1] + 1)
+            book = positions % k
+            frame = positions // k
+            b, n, _ = logits.shape
+            sliced = logits.view(b, n, k, codebook_size)[:, torch.arange(n), book]  # (B, n, V)
+            log_probs = torch.log_softmax(sliced, dim=-1)
+            valid = (targets != -100) & (frame >= 1)[None]
+            local = (targets - book[None] * codebook_size).clamp(0, codebook_size - 1)
+            nll = -log_probs.gather(-1, local[..., None])[..., 0]
+            correct = log_probs.argmax(-1) == local
+            for c in range(k):
+                mask = valid & (book == c)[None]
+                nll_sum[c] += float(nll[mask].double().sum())
+                correct_sum[c] += float(correct[mask].sum())
+                count[c] += float(mask.sum())
+    model.train()
+    per = []
+    for c in range(k):
+        mean = nll_sum[c] / max(count[c], 1)
+        per.append(
+            {
+                "codebook": c,
+                "nll": mean,
+                "accuracy": correct_sum[c] / max(count[c], 1),
+                "perplexity": math.exp(mean),
+                "tokens": int(count[c]),
+            }
+        )
+    total = nll_sum.sum() / max(count.sum(), 1)
+    return {
+        "nll": total,
+        "accuracy": correct_sum.sum() / max(count.sum(), 1),
+        "perplexity": math.exp(total),
+        "tokens": int(count.sum()),
+        "codebook_0": per[0],
+        "per_codebook": per,
+    }
+
+
+def _evaluate(model: Any, spec: RunSpec, dataset: Any, config: ReproductionConfig) -> dict[str, Any]:
+    from .evaluation import evaluate_model
+
+    if spec.flat:
+        return _evaluate_flat(model, dataset, config.max_frames, config.codebook_size)
+    metrics = evaluate_model(model, dataset, window=config.max_frames, batch_size=8, progress=False)
+    metrics.pop("nll_by_context", None)
+    metrics.pop("tokens_by_context", None)
+    return metrics
+
+
+def _optimizer(model: torch.nn.Module, config: ReproductionConfig) -> torch.optim.Optimizer:
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=config.learning_rate, betas=(0.9, config.adam_beta2))
+
+
+def _loader(dataset: Any, config: ReproductionConfig, seed: int) -> tuple[Any, int]:
+    from .data import EpochShuffleSampler, TrainingCrops, WhisperGPTDataCollator
+
+    crops = TrainingCrops(dataset, config.max_frames)
+    sampler = EpochShuffleSampler(len(crops), seed=seed)
+    collate = WhisperGPTDataCollator(max_frames=config.max_frames, random_crop=True, seed=seed)
+
+    def batches():
+        epoch = 0
+        while True:
+            sampler.set_epoch(epoch)
+            order = list(sampler)
+            for start in range(0, len(order) - config.batch_size + 1, config.batch_size):
+                yield collate([crops[key] for key in order[start : start + config.batch_size]])
+            if len(order) < config.batch_size:  # tiny corpora: a batch may repeat examples
+                yield collate([crops[order[i % len(order)]] for i in range(config.batch_size)])
+            epoch += 1
+
+    return batches(), len(crops)
+
+
+def _time_steps(spec: RunSpec, config: ReproductionConfig, train_set: Any, eval_batch: dict[str, torch.Tensor]) -> dict:
+    """Seconds per optimizer step (mean of ``timing_steps`` after one untimed step) and per evaluation batch."""
+    from .modeling_whisper_gpt import WhisperGPTForCausalLM
+
+    torch.manual_seed(spec.seed)
+    cfg = _model_config(spec, config)
+    model = WhisperGPTForCausalLM(cfg).train()
+    optimizer = _optimizer(model, config)
+    batches, _ = _loader(train_set, config, seed=10_000 + spec.seed)
+    timings = []
+    for _ in range(config.timing_steps + 1):
+        batch = _model_inputs(next(batches), cfg, spec.flat, config.codebook_size)
+        started = time.perf_counter()
+        model(**batch, use_cache=False).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        timings.append(time.perf_counter() - started)
+    model.eval()
+    inputs = _model_inputs(eval_batch, cfg, spec.flat, config.codebook_size)
+    inputs.pop("labels")
+    started = time.perf_counter()
+    with torch.inference_mode():
+        model(**inputs, use_cache=False)
+    return {"step": float(np.mean(timings[1:])), "eval_batch": time.perf_counter() - started}
+
+
+def _train_run(
+    spec: RunSpec, config: ReproductionConfig, train_set: Any, validation_set: Any, steps: int, log_dir: Path
+) -> dict[str, Any]:
+    from transformers import get_cosine_schedule_with_warmup
+
+    from .modeling_whisper_gpt import WhisperGPTForCausalLM
+
+    torch.manual_seed(spec.seed)
+    np.random.seed(spec.seed)
+    cfg = _model_config(spec, config)
+    model = WhisperGPTForCausalLM(cfg).train()
+    params = sum(p.numel() for p in model.parameters())
+    optimizer = _optimizer(model, config)
+    warmup = max(1, round(config.warmup_fraction * steps)) if steps > 1 else 0
+    scheduler = get_cosine_schedule_with_warmup(optimizer, warmup, steps)
+    batches, examples = _loader(train_set, config, seed=spec.seed)
+    eval_at = sorted({max(1, round(steps * (i + 1) / config.eval_points)) for i in range(config.eval_points)})
+    history, train_losses = [], []
+    train_seconds, frames_seen = 0.0, 0
+    eval_seconds = 0.0
+    log = (log_dir / f"{spec.domain}-{spec.name}-seed{spec.seed}.jsonl").open("w")
+    for step in range(1, steps + 1):
+        raw = next(batches)
+        batch = _model_inputs(raw, cfg, spec.flat, config.codebook_size)
+        started = time.perf_counter()
+        loss = model(**batch, use_cache=False).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        train_seconds += time.perf_counter() - started
+        frames_seen += int(raw["attention_mask"].sum())
+        train_losses.append(float(loss.detach()))
+        if step in eval_at:
+            started = time.perf_counter()
+            metrics = _evaluate(model, spec, validation_set, config)
+            eval_seconds += time.perf_counter() - started
+            record = {
+                "step": step,
+                "epoch": step * config.batch_size / examples,
+                "train_loss": float(np.mean(train_losses[-max(1, steps // config.eval_points) :])),
+                "nll": metrics["codebook_0"]["nll"],
+                "accuracy": metrics["codebook_0"]["accuracy"],
+                "nll_all_codebooks": metrics["nll"],
+            }
+            history.append(record)
+            log.write(json.dumps(record) + "\n")
+            log.flush()
+            logger.info("%s step %d/%d: validation codebook-0 NLL %.4f", spec.key, step, steps, record["nll"])
+    log.close()
+    k = cfg.num_codebooks if not spec.flat else CODEC_CODEBOOKS
+    first = metrics["codebook_0"]
+    return {
+        "name": spec.name,
+        "domain": spec.domain,
+        "model": spec.model,
+        "seed": spec.seed,
+        "params": int(params),
+        "nll": float(first["nll"]),
+        "accuracy": float(first["accuracy"]),
+        "ppl": float(math.exp(first["nll"])),
+        "nll_all_codebooks": float(metrics["nll"]),
+        "per_codebook_nll": [float(entry["nll"]) for entry in metrics["per_codebook"]],
+        "validation_tokens": int(first["tokens"]),
+        "steps": steps,
+        "epochs": steps * config.batch_size / examples,
+        "train_seconds": round(train_seconds, 2),
+        "eval_seconds": round(eval_seconds, 2),
+        "train_frames_per_second": frames_seen / train_seconds if train_seconds else None,
+        "train_tokens_per_second": frames_seen * k / train_seconds if train_seconds else None,
+        "num_codebooks": k,
+        "mel": spec.mel if cfg.use_spectrogram else None,
+        "history": history,
+    }
+
+
+def _memory_probe(spec_json: str) -> None:
+    """Subprocess entry: peak resident memory added by one training step (prints JSON)."""
+    values = json.loads(spec_json)
+    config = ReproductionConfig(**values["config"])
+    spec = RunSpec(**values["spec"])
+    torch.set_num_threads(1)
+    torch.set_flush_denormal(True)
+    from .modeling_whisper_gpt import WhisperGPTForCausalLM
+
+    cfg = _model_config(spec, config)
+    model = WhisperGPTForCausalLM(cfg).train()
+    optimizer = _optimizer(model, config)
+    b, frames = config.batch_size, config.max_frames
+    codes = torch.randint(0, config.codebook_size, (b, CODEC_CODEBOOKS, frames))
+    raw = {
+        "input_ids": codes,
+        "labels": codes.clone(),
+        "attention_mask": torch.ones(b, frames, dtype=torch.long),
+        "input_features": torch.randn(b, frames, cfg.num_mel_bins),
+    }
+    batch = _model_inputs(raw, cfg, spec.flat, config.codebook_size)
+    optimizer.zero_grad()
+    model(**batch, use_cache=False).loss.backward()  # allocate the optimizer state and gradients first
+    optimizer.step()
+    baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    for _ in range(2):
+        model(**batch, use_cache=False).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=False)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"peak_rss_mib": peak / 1024, "step_increase_mib": (peak - baseline) / 1024}))
+
+
+def _measure_memory(spec: RunSpec, config: ReproductionConfig) -> dict[str, float] | None:
+    payload = json.dumps({"config": _jsonable(asdict(config)), "spec": asdict(spec)})
+    code = f"from whisper_gpt.reproduce import _memory_probe; _memory_probe({payload!r})"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    if result.returncode != 0:
+        logger.warning("memory probe failed: %s", result.stderr[-500:])
+        return None
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    return value
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The study
+
+
+def plan_runs(config: ReproductionConfig) -> tuple[list[RunSpec], list[RunSpec]]:
+    """(main runs, extra ablation runs). Ablations reuse the main hybrid and GPT-S runs as their reference rows."""
+    main = []
+    for domain in DOMAINS:
+        for model in MAIN_MODELS:
+            for seed in config.large_seeds if model == "gpt_l" else config.seeds:
+                main.append(RunSpec(model, domain, model, seed))
+    ablations = []
+    if config.ablations:
+        d, seed = config.ablation_domain, config.seeds[0]
+        ablations = [
+            RunSpec("hybrid_centered_mel", d, "hybrid", seed, mel="centered"),
+            RunSpec("hybrid_spectrogram_layers_0", d, "hybrid", seed, {"spectrogram_layers": 0}),
+            RunSpec("hybrid_spectrogram_layers_4", d, "hybrid", seed, {"spectrogram_layers": 4}),
+            RunSpec("hybrid_sum_fusion", d, "hybrid", seed, {"fusion": "sum"}),
+            RunSpec("hybrid_codec_mel", d, "hybrid", seed, mel="codec"),
+            RunSpec("hybrid_k8", d, "hybrid", seed, {"num_codebooks": CODEC_CODEBOOKS}),
+            RunSpec("gpt_s_k8", d, "gpt_s", seed, {"num_codebooks": CODEC_CODEBOOKS}),
+            RunSpec("flat8_gpt_s", d, "gpt_s", seed, flat=True),
+        ]
+    return main, ablations
+
+
+def run_reproduction(config: ReproductionConfig) -> dict[str, Any]:
+    """Run the whole study within ``config.budget_minutes``; write and return the report."""
+    started = time.perf_counter()
+    deadline = started + config.budget_minutes * 60
+    torch.set_num_threads(config.torch_threads)
+    torch.set_flush_denormal(True)
+    if config.ablation_domain not in DOMAINS:
+        raise ValueError(f"ablation_domain must be one of {DOMAINS}, got {config.ablation_domain!r}.")
+    output = Path(config.output_dir)
+    output.mkdir(parents=True, exist_ok=True)
+    log_dir = output / "logs"
+    log_dir.mkdir(exist_ok=True)
+    phases: dict[str, float] = {}
+
+    corpora = _ensure_corpora(config)
+    phases["corpora"] = time.perf_counter() - started
+    dirs = _corpus_dirs(config)
+    mark = time.perf_counter()
+    processor, codec_stats = _processor(config, dirs)
+    phases["codec_calibration"] = time.perf_counter() - mark
+
+    from .corpus import audio_files
+
+    mark = time.perf_counter()
+    data: dict[str, dict[str, Any]] = {}
+    for domain in DOMAINS:
+        variants = (
+            ("causal", "centered", "codec") if config.ablations and domain == config.ablation_domain else ("causal",)
+        )
+        train_files = audio_files(dirs[domain], split="train")
+        val_files = _validation_subset(dirs[domain], config.validation_seconds)
+        enc_train = _encode(processor, train_files, variants, output / "cache")
+        enc_val = _encode(processor, val_files, variants, output / "cache")
+        data[domain] = {v: (_dataset(enc_train, v), _dataset(enc_val, v)) for v in variants}
+        corpora[domain]["validation_files_scored"] = len(val_files)
+        corpora[domain]["validation_seconds_scored"] = round(float(enc_val["lengths"].sum()) / 75.0, 2)
+        corpora[domain]["train_frames"] = int(enc_train["lengths"].sum())
+    phases["encoding"] = time.perf_counter() - mark
+
+    main, ablations = plan_runs(config)
+    runs = main + ablations
+
+    # Time every distinct model once, then allot one common step count to all runs.
+    from .data import WhisperGPTDataCollator
+
+    mark = time.perf_counter()
+    timing: dict[str, dict[str, float]] = {}
+    for spec in runs:
+        kind = _kind(spec)
+        if kind in timing:
+            continue
+        train_set, val_set = data[spec.domain][spec.mel]
+        rows = val_set.with_format("numpy")
+        collate = WhisperGPTDataCollator(max_frames=config.max_frames, random_crop=False)
+        eval_batch = collate([rows[i % len(rows)] for i in range(8)])
+        timing[kind] = _time_steps(spec, config, train_set, eval_batch)
+    phases["timing"] = time.perf_counter() - mark
+
+    eval_batches = {
+        domain: math.ceil(sum(math.ceil(n / config.max_frames) for n in data[domain]["causal"][1]["num_frames"]) / 8)
+        for domain in DOMAINS
+    }
+    per_step = sum(timing[_kind(spec)]["step"] for spec in runs)
+    fixed = sum(timing[_kind(spec)]["eval_batch"] * eval_batches[spec.domain] * config.eval_points for spec in runs)
+    reserve = 20.0 + (45.0 if config.measure_memory and config.ablations else 0.0)
+    left = deadline - time.perf_counter() - reserve
+    # Measured step times drift with the load of a shared machine: plan on 85% of what is left.
+    steps = config.max_steps or max(config.min_steps, int((0.85 * left - fixed) / per_step))
+    allotment = {
+        "seconds_left_for_runs": round(left, 1),
+        "planned_seconds_per_common_step": round(per_step, 3),
+        "planned_evaluation_seconds": round(fixed, 1),
+        "steps": steps,
+        "seconds_per_step_by_model": {kind: round(t["step"], 4) for kind, t in timing.items()},
+        "seconds_per_eval_batch_by_model": {kind: round(t["eval_batch"], 4) for kind, t in timing.items()},
+    }
+    logger.info("allotment: %s", allotment)
+
+    mark = time.perf_counter()
+    results: dict[str, dict[str, Any]] = {}
+    progress_file = output / "runs.jsonl"
+    progress_file.write_text("")
+    for spec in runs:
+        train_set, val_set = data[spec.domain][spec.mel]
+        logger.info("training %s (%d steps)", spec.key, steps)
+        result = _train_run(spec, config, train_set, val_set, steps, log_dir)
+        results[spec.key] = result
+        with progress_file.open("a") as handle:
+            handle.write(json.dumps(result) + "\n")
+    phases["training_and_evaluation"] = time.perf_counter() - mark
+
+    memory = {}
+    if config.measure_memory and config.ablations:
+        mark = time.perf_counter()
+        d = config.ablation_domain
+        for spec in (
+            RunSpec("hybrid", d, "hybrid"),
+            RunSpec("hybrid_k8", d, "hybrid", 0, {"num_codebooks": 8}),
+            RunSpec("flat8_gpt_s", d, "gpt_s", flat=True),
+        ):
+            memory[spec.name] = _measure_memory(spec, config)
+        phases["memory_probe"] = time.perf_counter() - mark
+
+    report = _report(config, corpora, codec_stats, processor, timing, allotment, results, memory, phases, started)
+    write_report(report, Path(config.docs_dir))
+    return report
+
+
+def _kind(spec: RunSpec) -> str:
+    """Runs whose step time is the same: same architecture (the mel variant does not change the cost)."""
+    return json.dumps([spec.model, spec.flat, sorted(spec.overrides.items())])
+
+
+def _kind_label(kind: str) -> str:
+    model, flat, overrides = json.loads(kind)
+    label = model + (" flattened" if flat else "")
+    return label + "".join(f" {name}={value}" for name, value in overrides)
+
+
+def _stats(values: list[float]) -> dict[str, float]:
+    array = np.asarray(values, dtype=np.float64)
+    return {
+        "mean": float(array.mean()),
+        "std": float(array.std(ddof=1)) if len(array) > 1 else 0.0,
+        "min": float(array.min()),
+        "max": float(array.max()),
+    }
+
+
+def _report(config, corpora, codec_stats, processor, timing, allotment, results, memory, phases, started) -> dict:
+    report: dict[str, Any] = {}
+    for domain in DOMAINS:
+        report[domain] = {}
+        for model in MAIN_MODELS:
+            seeds = config.large_seeds if model == "gpt_l" else config.seeds
+            runs = [results[f"{domain}/{model}/seed{s}"] for s in seeds]
+            nll = _stats([r["nll"] for r in runs])
+            acc = _stats([r["accuracy"] for r in runs])
+            report[domain][model] = {
+                "params": runs[0]["params"],
+                "nll": nll["mean"],
+                "accuracy": acc["mean"],
+                "ppl": math.exp(nll["mean"]),
+                "seeds": list(seeds),
+                "nll_by_seed": [r["nll"] for r in runs],
+                "accuracy_by_seed": [r["accuracy"] for r in runs],
+                "nll_std": nll["std"],
+                "accuracy_std": acc["std"],
+                "nll_range": [nll["min"], nll["max"]],
+                "steps": runs[0]["steps"],
+                "epochs": runs[0]["epochs"],
+                "train_seconds": [r["train_seconds"] for r in runs],
+                "train_frames_per_second": float(np.mean([r["train_frames_per_second"] for r in runs])),
+                "history": {f"seed{r['seed']}": r["history"] for r in runs},
+                "paper": PAPER[domain][model],
+            }
+        gain = [
+            results[f"{domain}/gpt_s/seed{s}"]["nll"] - results[f"{domain}/hybrid/seed{s}"]["nll"] for s in config.seeds
+        ]
+        report[domain]["hybrid_minus_gpt_s_nll"] = {"by_seed": [-g for g in gain], **_stats([-g for g in gain])}
+
+    ablations = []
+    if config.ablations:
+        d, seed = config.ablation_domain, config.seeds[0]
+        reference = results[f"{d}/gpt_s/seed{seed}"]["nll"]
+
+        def row(name: str, key: str, **extra: Any) -> dict[str, Any]:
+            r = results[key]
+            entry = {
+                "name": name,
+                "domain": d,
+                "run": r["name"],
+                "seed": r["seed"],
+                "params": r["params"],
+                "nll": r["nll"],
+                "accuracy": r["accuracy"],
+                "ppl": r["ppl"],
+                "nll_minus_gpt_s": r["nll"] - reference,
+                "num_codebooks": r["num_codebooks"],
+                "per_codebook_nll": r["per_codebook_nll"],
+                "nll_all_codebooks": r["nll_all_codebooks"],
+                "train_tokens_per_second": r["train_tokens_per_second"],
+                "train_frames_per_second": r["train_frames_per_second"],
+                "steps": r["steps"],
+                "history": r["history"],
+            }
+            entry.update(extra)
+            return entry
+
+        k = f"{d}/{{}}/seed{seed}"
+        ablations = [
+            row("token-only GPT-S (reference)", k.format("gpt_s"), group="reference"),
+            row("hybrid, causal mel (ours)", k.format("hybrid"), group="mel framing"),
+            row(
+                "hybrid, centered-STFT mel (leaks ~n_fft/2 future samples)",
+                k.format("hybrid_centered_mel"),
+                group="mel framing",
+            ),
+            row("hybrid, spectrogram_layers=0", k.format("hybrid_spectrogram_layers_0"), group="spectrogram layers"),
+            row("hybrid, spectrogram_layers=2 (paper)", k.format("hybrid"), group="spectrogram layers"),
+            row("hybrid, spectrogram_layers=4", k.format("hybrid_spectrogram_layers_4"), group="spectrogram layers"),
+            row("hybrid, concat fusion (paper)", k.format("hybrid"), group="fusion"),
+            row("hybrid, sum fusion", k.format("hybrid_sum_fusion"), group="fusion"),
+            row("hybrid, mel of the original audio", k.format("hybrid"), group="mel source"),
+            row(
+                "hybrid, mel of the codec resynthesis (mel_source='codec', codebook 0)",
+                k.format("hybrid_codec_mel"),
+                group="mel source",
+            ),
+            row("hybrid K=1 (paper)", k.format("hybrid"), group="codebooks"),
+            row("hybrid K=8 (depth transformer)", k.format("hybrid_k8"), group="codebooks"),
+            row("token-only GPT-S K=8 (depth transformer)", k.format("gpt_s_k8"), group="codebooks"),
+            row(
+                "hybrid K=8, one position per frame",
+                k.format("hybrid_k8"),
+                group="context length",
+                memory=memory.get("hybrid_k8"),
+                sequence_length=config.max_frames,
+            ),
+            row(
+                "token-only, 8 codebooks flattened (8 positions per frame)",
+                k.format("flat8_gpt_s"),
+                group="context length",
+                memory=memory.get("flat8_gpt_s"),
+                sequence_length=8 * config.max_frames,
+            ),
+        ]
+        if memory.get("hybrid"):
+            ablations[1]["memory"] = memory["hybrid"]
+
+    tokenizer = processor.audio_tokenizer
+    report["ablations"] = ablations
+    report["budget"] = {
+        "budget_minutes": config.budget_minutes,
+        "wall_minutes": (time.perf_counter() - started) / 60,
+        "phase_seconds": {name: round(value, 1) for name, value in phases.items()},
+        "steps_per_run": allotment["steps"],
+        "batch_size": config.batch_size,
+        "crop_frames": config.max_frames,
+        "crop_seconds": config.max_frames / 75.0,
+        "optimizer": (
+            f"AdamW lr {config.learning_rate}, betas (0.9, {config.adam_beta2}), weight decay {config.weight_decay} "
+            f"on matrices, {config.warmup_fraction:.0%} linear warmup then cosine decay to 0, "
+            f"clip {config.max_grad_norm}"
+        ),
+        "allotment": allotment,
+        "torch_threads": torch.get_num_threads(),
+        "flush_denormal": True,
+        "device": "cpu",
+        "hardware": _hardware(),
+        "torch_version": torch.__version__,
+    }
+    report["codec"] = {
+        "kind": "locally built small EnCodec (whisper_gpt.small_encodec_config), random encoder/decoder weights, "
+        "codebooks calibrated by k-means on training audio of both domains",
+        "sampling_rate": tokenizer.sampling_rate,
+        "hop_length": tokenizer.hop_length,
+        "frame_rate": tokenizer.sampling_rate / tokenizer.hop_length,
+        "bandwidth_kbps": tokenizer.bandwidth,
+        "num_codebooks": tokenizer.num_codebooks,
+        "codebook_size": tokenizer.codebook_size,
+        "calibration": codec_stats,
+    }
+    report["corpora"] = corpora
+    report["config"] = _jsonable({k: v for k, v in asdict(config).items() if k != "command"})
+    report["command"] = config.command
+    report["runs"] = {key: {k: v for k, v in r.items() if k != "history"} for key, r in results.items()}
+    return _jsonable(report)
+
+
+def _hardware() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores visible (shared with other work), no GPU"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Report writing
+
+
+def write_report(report: dict[str, Any], docs_dir: Path) -> None:
+    docs_dir.mkdir(parents=True, exist_ok=True)
+    (docs_dir / "results.json").write_text(json.dumps(report, indent=2) + "\n")
+    figures = _plot(report, docs_dir / "figures")
+    (docs_dir / "results.md").write_text(render_markdown(report, [f.relative_to(docs_dir) for f in figures]))
+
+
+def _plot(report: dict[str, Any], folder: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    colours = {"gpt_s": "tab:blue", "gpt_l": "tab:green", "hybrid": "tab:red"}
+    for domain in DOMAINS:
+        figure, axis = plt.subplots(figsize=(7, 4.2))
+        for model in MAIN_MODELS:
+            for index, (seed, history) in enumerate(sorted(report[domain][model]["history"].items())):
+                axis.plot(
+                    [h["epoch"] for h in history],
+                    [h["nll"] for h in history],
+                    marker="o",
+                    color=colours[model],
+                    linestyle="-" if index == 0 else "--",
+                    label=f"{LABEL[model]} ({seed})",
+                )
+        axis.set_xlabel(f"epochs ({report[domain]['gpt_s']['steps']} optimizer steps in all)")
+        axis.set_ylabel("validation NLL, codebook 0 (nats/token)")
+        axis.set_title(f"{domain}: validation loss during training")
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=8)
+        figure.tight_layout()
+        path = folder / f"validation_loss_{domain}.png"
+        figure.savefig(path, dpi=110)
+        plt.close(figure)
+        paths.append(path)
+    if report["ablations"]:
+        figure, axis = plt.subplots(figsize=(7, 4.2))
+        seen = set()
+        for entry in report["ablations"]:
+            if entry["run"] in seen:
+                continue
+            seen.add(entry["run"])
+            axis.plot(
+                [h["epoch"] for h in entry["history"]],
+                [h["nll"] for h in entry["history"]],
+                marker=".",
+                label=entry["run"],
+            )
+        axis.set_xlabel("epochs")
+        axis.set_ylabel("validation NLL, codebook 0 (nats/token)")
+        axis.set_title(f"ablations ({report['ablations'][0]['domain']})")
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=7)
+        figure.tight_layout()
+        path = folder / "validation_loss_ablations.png"
+        figure.savefig(path, dpi=110)
+        plt.close(figure)
+        paths.append(path)
+    return paths
+
+
+def _pm(mean: float, std: float, n: int, fmt: str) -> str:
+    return f"{fmt.format(mean)} ± {fmt.format(std)}" if n > 1 else fmt.format(mean)
+
+
+def render_markdown(report: dict[str, Any], figures: list[Path]) -> str:
+    b, codec = report["budget"], report["codec"]
+    lines = ["# Reproducing Whisper-GPT (arXiv 2412.11449) on real speech and music", ""]
+    lines += [
+        f"Produced by `{report.get('command') or 'whisper-gpt reproduce'}` "
+        f"(budget {b['budget_minutes']:g} min, wall time {b['wall_minutes']:.1f} min, {b['hardware']}, "
+        f"{b['torch_threads']} torch thread, torch {b['torch_version']}). Numbers: `docs/results.json`.",
+        "",
+        "## Headline table (codebook 0, next-frame prediction on held-out files)",
+        "",
+        "NLL in nats per codebook-0 token, accuracy of the arg-max code, PPL = exp(NLL). Ours: mean ± standard "
+        "deviation over seeds (GPT-S and hybrid: "
+        f"{len(report['speech']['gpt_s']['seeds'])} seeds; GPT-L: {len(report['speech']['gpt_l']['seeds'])}). "
+        "Every model of a domain had the same data, optimizer steps, batch, crop and schedule.",
+        "",
+        "| domain | model | params (ours / paper) | NLL ours | NLL paper | acc ours | acc paper | PPL ours "
+        "| PPL paper |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for domain in DOMAINS:
+        for model in MAIN_MODELS:
+            r, p = report[domain][model], report[domain][model]["paper"]
+            n = len(r["seeds"])
+            lines.append(
+                f"| {domain} | {LABEL[model]} | {r['params'] / 1e6:.2f}M / {p['params'] / 1e6:.1f}M | "
+                f"{_pm(r['nll'], r['nll_std'], n, '{:.3f}')} | {p['nll']:.2f} | "
+                f"{_pm(100 * r['accuracy'], 100 * r['accuracy_std'], n, '{:.2f}')}% | {100 * p['accuracy']:.2f}% | "
+                f"{r['ppl']:.2f} | {p['ppl']:.2f} |"
+            )
+    lines += ["", "Hybrid minus GPT-S codebook-0 NLL, per seed (negative = the hybrid is better):", ""]
+    for domain in DOMAINS:
+        g = report[domain]["hybrid_minus_gpt_s_nll"]
+        per = ", ".join(f"{v:+.3f}" for v in g["by_seed"])
+        lines.append(
+            f"- {domain}: {per} (mean {g['mean']:+.3f}; paper "
+            f"{PAPER[domain]['hybrid']['nll'] - PAPER[domain]['gpt_s']['nll']:+.2f})"
+        )
+    lines += [
+        "",
+        "Per-seed numbers:",
+        "",
+        "| domain | model | seed | NLL | accuracy | train s |",
+        "|---|---|---|---|---|---|",
+    ]
+    for run in report["runs"].values():
+        if run["name"] in MAIN_MODELS:
+            lines.append(
+                f"| {run['domain']} | {run['name']} | {run['seed']} | {run['nll']:.4f} | "
+                f"{100 * run['accuracy']:.2f}% | "
+                f"{run['train_seconds']:.0f} |"
+            )
+    if report["ablations"]:
+        d = report["ablations"][0]["domain"]
+        lines += [
+            "",
+            f"## Ablations ({d}, seed {report['ablations'][0]['seed']}, same steps / data / schedule as the table)",
+            "",
+            f"Run on {d} only: the budget does not cover every ablation on both domains. Reference rows reuse the "
+            "main table's seed-0 runs. NLL is codebook 0 for every row; Δ is against token-only GPT-S.",
+            "",
+            "| group | variant | params | NLL cb0 | Δ vs GPT-S | acc cb0 | per-codebook NLL (cb0..cb7) | "
+            "train tokens/s | train frames/s | peak step memory |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for row in report["ablations"]:
+            per = " / ".join(f"{v:.2f}" for v in row["per_codebook_nll"]) if row["num_codebooks"] > 1 else "-"
+            memory = row.get("memory")
+            mem = f"+{memory['step_increase_mib']:.0f} MiB (peak {memory['peak_rss_mib']:.0f})" if memory else "-"
+            lines.append(
+                f"| {row['group']} | {row['name']} | {row['params'] / 1e6:.2f}M | {row['nll']:.4f} | "
+                f"{row['nll_minus_gpt_s']:+.4f} | {100 * row['accuracy']:.2f}% | {per} | "
+                f"{row['train_tokens_per_second']:.0f} | {row['train_frames_per_second']:.0f} | {mem} |"
+            )
+    lines += [
+        "",
+        "## Setup",
+        "",
+        f"- **Codec**: {codec['kind']}; {codec['sampling_rate']} Hz, hop {codec['hop_length']} "
+        f"({codec['frame_rate']:g} frames/s), {codec['num_codebooks']} codebooks x {codec['codebook_size']} codes "
+        f"({codec['bandwidth_kbps']:g} kbps geometry). No pretrained EnCodec can be downloaded here, so these codes "
+        "are not the paper's: absolute NLLs are not comparable with the paper's, only the comparison between models.",
+        f"- **Training**: {b['steps_per_run']} optimizer steps per run, batch {b['batch_size']} random crops of "
+        f"{b['crop_frames']} frames ({b['crop_seconds']:.2f} s), {b['optimizer']}. Step count chosen from the budget "
+        f"after timing every model (seconds per step: "
+        + ", ".join(f"{_kind_label(k)} {v:.2f}" for k, v in b["allotment"]["seconds_per_step_by_model"].items())
+        + ").",
+        f"- **Evaluation**: the held-out (validation split) files, non-overlapping windows of {b['crop_frames']} "
+        "frames; "
+        "the final step's model is reported (no early stopping or model selection on these files).",
+        f"- **Phases (s)**: {b['phase_seconds']}.",
+        "",
+        "| domain | train files | train s | held-out files (scored) | held-out s scored | sources (s) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for domain in DOMAINS:
+        c = report["corpora"][domain]
+        lines.append(
+            f"| {domain} | {c['files']['train']} | {c['seconds']['train']:.0f} | {c['validation_files_scored']} | "
+            f"{c['validation_seconds_scored']:.0f} | {c['seconds_by_source']} |"
+        )
+    lines += ["", "## Figures", ""] + [f"![{f.stem}]({f.as_posix()})" for f in figures]
+    lines += ["", "## Discussion", "", report.get("discussion", "_(see below)_"), ""]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Command line
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    defaults = ReproductionConfig()
+    parser.add_argument(
+        "--budget-minutes",
+        type=float,
+        default=defaults.budget_minutes,
+        help="wall-clock budget for the whole study on this machine (step counts scale with it)",
+    )
+    parser.add_argument("--output-dir", default=defaults.output_dir, help="corpora, codec, cache and logs")
+    parser.add_argument("--docs-dir", default=defaults.docs_dir, help="where results.json/.md and figures/ go")
+    parser.add_argument("--speech-dir", default=None, help="an existing speech corpus or audio folder to reuse")
+    parser.add_argument("--music-dir", default=None, help="an existing music corpus or audio folder to reuse")
+    parser.add_argument("--corpus-minutes", type=float, default=None, help="minutes per domain (default: from budget)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=list(defaults.seeds), help="seeds (GPT-S, hybrid)")
+    parser.add_argument("--large-seeds", type=int, nargs="+", default=list(defaults.large_seeds), help="GPT-L seeds")
+    parser.add_argument("--ablation-domain", choices=DOMAINS, default=defaults.ablation_domain)
+    parser.add_argument("--no-ablations", action="store_true")
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    parser.add_argument("--max-frames", type=int, default=defaults.max_frames, help="crop and evaluation window")
+    parser.add_argument("--max-steps", type=int, default=None, help="force the steps per run instead of the budget")
+    parser.add_argument("--validation-seconds", type=float, default=defaults.validation_seconds)
+    parser.add_argument("--eval-points", type=int, default=defaults.eval_points)
+    parser.add_argument("--progress", action="store_true")
+
+
+def config_from_args(args: argparse.Namespace, command: str | None = None) -> ReproductionConfig:
+    return ReproductionConfig(
+        budget_minutes=args.budget_minutes,
+        output_dir=args.output_dir,
+        docs_dir=args.docs_dir,
+        speech_dir=args.speech_dir,
+        music_dir=args.music_dir,
+        corpus_minutes=args.corpus_minutes,
+        seeds=tuple(args.seeds),
+        large_seeds=tuple(args.large_seeds),
+        ablations=not args.no_ablations,
+        ablation_domain=args.ablation_domain,
+        batch_size=args.batch_size,
+        max_frames=args.max_frames,
+        max_steps=args.max_steps,
+        validation_seconds=args.validation_seconds,
+        eval_points=args.eval_points,
+        progress=args.progress,
+        command=command,
+    )
+
+
+def register_cli(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``whisper-gpt reproduce`` to an argparse subparsers object."""
+    parser = subparsers.add_parser(
+        "reproduce", help="the paper's GPT-S / GPT-L / hybrid comparison and ablations on real speech and music"
+    )
+    add_arguments(parser)
+    parser.set_defaults(handler=_command)
+
+
+def _command(args: argparse.Namespace) -> dict[str, Any]:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    command = "whisper-gpt reproduce " + " ".join(shlex.quote(a) for a in sys.argv[2:])
+    report = run_reproduction(config_from_args(args, command))
+    print(render_markdown(report, []))
+    return report
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    argv = sys.argv[1:] if argv is None else argv
+    command = "python examples/reproduce_paper.py " + " ".join(shlex.quote(a) for a in argv)
+    report = run_reproduction(config_from_args(args, command))
+    print(render_markdown(report, []))
+    return report
+
+
+__all__ = [
+    "PAPER",
+    "ReproductionConfig",
+    "RunSpec",
+    "add_arguments",
+    "main",
+    "plan_runs",
+    "register_cli",
+    "render_markdown",
+    "run_reproduction",
+    "write_report",
+]
