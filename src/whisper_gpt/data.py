@@ -137,7 +137,9 @@ def processor_fingerprint(processor: WhisperGPTProcessor) -> str:
     """A hash of everything in a processor that changes the codes or features it produces."""
     digest = hashlib.sha256()
     settings = processor.feature_extractor.to_dict()
-    settings.pop("processor_class", None)
+    # Bookkeeping that saving adds, not settings: a saved and a fresh processor must share their cache.
+    for key in ("processor_class", "auto_map"):
+        settings.pop(key, None)
     settings["bandwidth"] = processor.audio_tokenizer.bandwidth
     digest.update(json.dumps(settings, sort_keys=True, default=str).encode())
     for name, tensor in sorted(processor.audio_tokenizer.codec.state_dict().items()):

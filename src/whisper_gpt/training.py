@@ -275,6 +275,9 @@ def train(config: TrainingConfig) -> dict[str, Any]:
         sampler=sampler,
         collate_fn=WhisperGPTDataCollator(max_frames=max_frames, random_crop=True, seed=config.seed),
         drop_last=True,
+        # Its own generator: creating an iterator draws a seed, which must not shift the global RNG (dropout) that
+        # checkpoints restore, or a resumed run (which creates its iterator at another time) would diverge.
+        generator=torch.Generator().manual_seed(config.seed),
     )
     optimizer = _optimizer(model, config)
     scheduler = get_cosine_schedule_with_warmup(optimizer, config.warmup_steps, config.max_steps)

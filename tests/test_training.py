@@ -1,0 +1,201 @@
+"""Training through Accelerate (one process, two processes, exact resume), the Hub folder and its card, Trainer."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from audio_folder import write_audio_folder
+from conftest import tiny_config
+from safetensors.torch import load_file
+
+from whisper_gpt import WhisperGPTForCausalLM, WhisperGPTProcessor
+from whisper_gpt.data import prepare_dataset
+from whisper_gpt.evaluation import evaluate_model
+from whisper_gpt.training import TrainingConfig, latest_checkpoint, train
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = {
+    key: value
+    for key, value in tiny_config().to_diff_dict().items()
+    if key in tiny_config().__init__.__code__.co_varnames
+}
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory, tiny_processor):
+    root = tmp_path_factory.mktemp("training")
+    write_audio_folder(root / "audio")
+    tiny_processor.save_pretrained(root / "processor")
+    return root
+
+
+def _config(setup: Path, output: str, **overrides) -> TrainingConfig:
+    values = {
+        "output_dir": str(setup / output),
+        "train_data": str(setup / "audio"),
+        "processor": str(setup / "processor"),
+        "preset": "custom",
+        "model_overrides": TINY,
+        "max_frames": 48,
+        "batch_size": 4,
+        "max_steps": 6,
+        "warmup_steps": 2,
+        "eval_every": 3,
+        "eval_batch_size": 4,
+        "eval_window": 64,
+        "save_every": 0,
+        "log_every": 1,
+        "cache_dir": str(setup / "cache"),
+        "progress": False,
+        "report_to": "none",
+        "torch_threads": 1,
+        "command": "whisper-gpt train audio out --preset custom",
+    }
+    values.update(overrides)
+    return TrainingConfig(**values)
+
+
+@pytest.fixture(scope="module")
+def trained(setup):
+    return train(_config(setup, "run", report_to="tensorboard", save_every=3))
+
+
+def test_training_logs_validates_and_writes_a_hub_ready_folder(setup, trained):
+    losses = [record["train/loss"] for record in trained["history"]]
+    assert len(losses) == 6 and all(math.isfinite(loss) for loss in losses)
+    assert trained["finished"] and trained["steps"] == 6
+    run = setup / "run"
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "validation" in r] == [3, 6]
+    assert list((run / "logs").rglob("events.out.tfevents*")), "TensorBoard wrote no event file"
+    assert [p.name for p in sorted((run / "checkpoints").iterdir())] == ["step-00000003", "step-00000006"]
+
+    final = Path(trained["final_dir"])
+    for name in ("config.json", "model.safetensors", "generation_config.json", "README.md", "eval_results.json"):
+        assert (final / name).is_file(), name
+    for name in ("configuration_whisper_gpt.py", "modeling_whisper_gpt.py", "processing_whisper_gpt.py"):
+        assert (final / name).is_file(), name  # remote code, so the folder works without the package
+    assert (final / "audio_tokenizer" / "model.safetensors").is_file()
+    model = WhisperGPTForCausalLM.from_pretrained(final)
+    processor = WhisperGPTProcessor.from_pretrained(final)
+    model.validate_audio_tokenizer(processor.audio_tokenizer)
+    # The saved weights are the trained ones: re-evaluating them gives the run's final validation numbers.
+    dataset = prepare_dataset(setup / "audio", processor, split="validation", cache_dir=setup / "cache", progress=False)
+    again = evaluate_model(model, dataset, window=64, batch_size=4, progress=False)
+    assert again["nll"] == pytest.approx(trained["validation"]["nll"], abs=1e-6)
+
+
+def test_model_card_content(trained):
+    final = Path(trained["final_dir"])
+    text = (final / "README.md").read_text()
+    metadata = yaml.safe_load(text.split("---")[1])
+    assert metadata["library_name"] == "transformers"
+    assert metadata["pipeline_tag"] == "audio-to-audio"
+    assert {"whisper-gpt", "audio-continuation", "hybrid", "custom_code"} <= set(metadata["tags"])
+    results = json.loads((final / "eval_results.json").read_text())
+    values = {m["type"]: m["value"] for m in metadata["model-index"][0]["results"][0]["metrics"]}
+    assert values["nll"] == pytest.approx(results["codebook_0"]["nll"])
+    assert values["accuracy"] == pytest.approx(results["codebook_0"]["accuracy"])
+    assert values["perplexity"] == pytest.approx(results["codebook_0"]["perplexity"])
+    assert f"{results['nll']:.4f}" in text
+    assert "whisper-gpt train audio out --preset custom" in text
+    assert "not listenable" in text  # the locally built codec's decoder was never trained
+    assert "{{" not in text and "{%" not in text
+
+
+def test_resume_continues_exactly(setup):
+    common = {"max_steps": 8, "eval_every": 0, "gradient_accumulation_steps": 2, "seed": 3}
+    dropout = {**TINY, "dropout": 0.1}  # dropout draws from the RNG, so a restored RNG state matters
+    full = train(_config(setup, "full", model_overrides=dropout, **common))
+    first = train(_config(setup, "split", model_overrides=dropout, stop_at_step=4, **common))
+    assert not first["finished"] and latest_checkpoint(setup / "split").name == "step-00000004"
+    resumed = train(_config(setup, "split", model_overrides=dropout, resume="latest", **common))
+    full_losses = [r["train/loss"] for r in full["history"]]
+    split_losses = [r["train/loss"] for r in first["history"] + resumed["history"]]
+    assert split_losses == full_losses
+    logged = [json.loads(line) for line in (setup / "split" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["train/loss"] for r in logged if "train/loss" in r] == full_losses
+    weights = load_file(setup / "full" / "final" / "model.safetensors")
+    resumed_weights = load_file(setup / "split" / "final" / "model.safetensors")
+    assert weights.keys() == resumed_weights.keys()
+    assert all(torch.equal(weights[name], resumed_weights[name]) for name in weights)
+
+
+def test_two_process_cpu_launch_matches_one_process(setup, trained):
+    output = setup / "two"
+    overrides = [f"--set={key}={json.dumps(value)}" for key, value in TINY.items()]
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2"]
+    settings = {
+        "--processor": setup / "processor",
+        "--preset": "custom",
+        "--max-frames": 48,
+        "--batch-size": 4,
+        "--max-steps": 6,
+        "--warmup-steps": 2,
+        "--eval-every": 3,
+        "--eval-batch-size": 4,
+        "--eval-window": 64,
+        "--save-every": 3,
+        "--log-every": 1,
+        "--cache-dir": setup / "cache",
+        "--report-to": "none",
+    }
+    options = [str(item) for pair in settings.items() for item in pair]
+    script = [str(ROOT / "examples" / "train_accelerate.py"), str(setup / "audio"), str(output)]
+    command = [*launch, "--main_process_port", "29531", *script, *options, *overrides, "--no-progress"]
+    environment = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=environment)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    summary = json.loads((output / "training_summary.json").read_text())
+    assert summary["num_processes"] == 2
+    # Two processes split each global batch: same data, so the same model up to float summation order.
+    assert summary["validation"]["nll"] == pytest.approx(trained["validation"]["nll"], abs=2e-3)
+    assert summary["validation"]["tokens"] == trained["validation"]["tokens"]  # no window dropped or counted twice
+    # The validation numbers gathered across processes equal a single-process evaluation of the saved model.
+    model = WhisperGPTForCausalLM.from_pretrained(output / "final")
+    processor = WhisperGPTProcessor.from_pretrained(output / "final")
+    dataset = prepare_dataset(setup / "audio", processor, split="validation", cache_dir=setup / "cache", progress=False)
+    single = evaluate_model(model, dataset, window=64, batch_size=4, progress=False)
+    assert single["nll"] == pytest.approx(summary["validation"]["nll"], abs=1e-6)
+    assert single["accuracy"] == summary["validation"]["accuracy"]
+    assert (output / "checkpoints" / "step-00000003" / "random_states_1.pkl").is_file()
+
+
+def test_trainer_fine_tuning(setup, trained):
+    spec = importlib.util.spec_from_file_location("finetune_trainer", ROOT / "examples" / "finetune_trainer.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    metrics = module.finetune(
+        trained["final_dir"],
+        str(setup / "audio"),
+        str(setup / "finetuned"),
+        max_steps=4,
+        batch_size=4,
+        max_frames=48,
+        eval_steps=2,
+        cache_dir=str(setup / "cache"),
+    )
+    assert metrics["eval_perplexity"] == pytest.approx(math.exp(metrics["eval_nll"]))
+    assert 0 <= metrics["eval_accuracy"] <= 1 and metrics["eval_codebook_0_nll"] == metrics["eval_nll"]
+    assert metrics["eval_nll"] == pytest.approx(metrics["eval_loss"], abs=0.05)  # token- vs batch-weighted mean
+    assert WhisperGPTForCausalLM.from_pretrained(setup / "finetuned" / "final").config.use_cache
+
+
+def test_bad_training_settings_are_refused(setup):
+    with pytest.raises(ValueError, match="Unknown preset"):
+        train(_config(setup, "bad", preset="gpt_xl"))
+    with pytest.raises(ValueError, match="mel bins"):
+        train(_config(setup, "bad", model_overrides={**TINY, "num_mel_bins": 80}))
+    with pytest.raises(ValueError, match="No complete checkpoint"):
+        train(_config(setup, "bad", resume="latest"))
+    with pytest.raises(ValueError, match="warmup_steps"):
+        train(_config(setup, "bad", warmup_steps=100))
