@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 from collections.abc import Sequence
 
@@ -151,9 +152,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     presets.add_argument("--json", action="store_true", help="print JSON instead of a table")
     presets.set_defaults(handler=_presets)
     _add_generate_command(commands)
-    from whisper_gpt.corpus import register_cli as register_corpus
-
-    register_corpus(commands)
+    for module in ("corpus", "data", "training", "evaluation", "model_card", "demo", "reproduce"):
+        importlib.import_module(f"whisper_gpt.{module}").register_cli(commands)
     args = parser.parse_args(argv)
     args.handler(args)
 
