@@ -1,0 +1,173 @@
+"""Generation real-time factor with the codec in the loop (issue 3 item 8).
+
+RTF = seconds of audio generated per second, per stream: ``(new_frames / 75) / time`` for one
+``model.generate(...)`` call (prompt prefill included), from the median CPU time of the interleaved
+repetitions (with one torch thread: the wall time on an idle machine); ``rtf_wall`` uses the wall-clock time
+this shared machine gave. 1.0 is real time. ``rtf_total`` multiplies by the batch size (aggregate throughput).
+
+Models (paper size, random weights; speed does not depend on the weights):
+* ``hybrid_k1`` / ``hybrid_k8``: `paper_hybrid(num_codebooks=1 | 8)`, ``mel_source="codec"``: every new frame is
+  decoded by the EnCodec decoder and its causal mel frame computed with the feature extractor;
+* ``token_k1`` / ``token_k8``: `paper_gpt_s(num_codebooks=1 | 8)`, the token-only model of equal decoder
+  (no codec in the loop);
+* ``hybrid_k8_learned_mel`` (when the package has it): `paper_hybrid(num_codebooks=8, use_mel_head=True)` with
+  ``mel_source="learned"``: the model predicts the next mel frame itself, no codec in the loop.
+
+Codec: the real 24 kHz EnCodec architecture (`transformers.EncodecConfig()`) with random weights, 8 codebooks
+(6 kbps). Prompt: 1 s of audio through the processor. Sampling: ``do_sample=True, top_k=50`` with a seeded
+generator. Cases are interleaved; each is a full generate() call.
+
+    python benchmarks/generation.py [--quick] [--threads 1] [--new-frames 75] [--new-frames-b8 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import sys
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.common import (
+    AUDIO_FRAME_RATE,
+    add_common_arguments,
+    codec_description,
+    interleaved,
+    log,
+    machine_info,
+    random_weight_codec,
+    ratio,
+    setup_torch,
+    summary,
+    synthetic_audio,
+)
+
+PROMPT_SECONDS = 1.0
+
+
+def build_models(quick: bool) -> dict[str, Any]:
+    import torch
+
+    from whisper_gpt import WhisperGPTConfig, WhisperGPTForCausalLM
+
+    configs = {
+        "hybrid_k1": WhisperGPTConfig.paper_hybrid(num_codebooks=1),
+        "hybrid_k8": WhisperGPTConfig.paper_hybrid(num_codebooks=8),
+        "token_k1": WhisperGPTConfig.paper_gpt_s(num_codebooks=1),
+        "token_k8": WhisperGPTConfig.paper_gpt_s(num_codebooks=8),
+    }
+    if hasattr(WhisperGPTConfig(), "use_mel_head"):
+        configs["hybrid_k8_learned_mel"] = WhisperGPTConfig.paper_hybrid(num_codebooks=8, use_mel_head=True)
+    models = {}
+    for name, config in configs.items():
+        torch.manual_seed(0)
+        models[name] = WhisperGPTForCausalLM(config).eval()
+    return models
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    import torch
+
+    from whisper_gpt import WhisperGPTFeatureExtractor, WhisperGPTProcessor
+
+    setup_torch(args.threads)
+    new_frames = {1: args.new_frames or (3 if args.quick else 75), 8: args.new_frames_b8 or (2 if args.quick else 20)}
+    repeats = args.repeats or (1 if args.quick else 2)
+    tokenizer = random_weight_codec(args.quick)
+    processor = WhisperGPTProcessor(WhisperGPTFeatureExtractor(), tokenizer)
+    models = build_models(args.quick)
+    generate_parameters = inspect.signature(next(iter(models.values())).generate).parameters
+    has_mel_source = "mel_source" in generate_parameters
+
+    prompts = {}
+    for batch_size in (1, 8):
+        clips = [synthetic_audio(PROMPT_SECONDS, seed=seed) for seed in range(batch_size)]
+        prompts[batch_size] = processor(audio=clips, sampling_rate=24_000)
+
+    def case(name: str, batch_size: int):
+        model = models[name]
+        prompt = dict(prompts[batch_size])
+        kwargs: dict[str, Any] = {"max_new_tokens": new_frames[batch_size], "do_sample": True, "top_k": 50}
+        if name.startswith("hybrid"):
+            kwargs["audio_tokenizer"] = tokenizer
+            if has_mel_source:
+                kwargs["mel_source"] = "learned" if name.endswith("learned_mel") else "codec"
+        else:
+            prompt.pop("input_features", None)
+
+        def generate() -> None:
+            generator = torch.Generator().manual_seed(0)
+            out = model.generate(**prompt, generator=generator, **kwargs)
+            assert out.shape[-1] >= new_frames[batch_size]
+
+        return generate
+
+    cases = {}
+    for batch_size in (1, 8):
+        for name in models:
+            if name.endswith("learned_mel") and not has_mel_source:
+                continue
+            cases[f"{name}_b{batch_size}"] = case(name, batch_size)
+    times = interleaved(cases, repeats=repeats, warmup=0, log=log)
+
+    result: dict[str, Any] = {
+        "setup": {
+            "codec": codec_description(args.quick),
+            "prompt_seconds": PROMPT_SECONDS,
+            "new_frames": {f"b{b}": n for b, n in new_frames.items()},
+            "new_seconds": {f"b{b}": round(n / AUDIO_FRAME_RATE, 4) for b, n in new_frames.items()},
+            "sampling": "do_sample=True, top_k=50, seeded torch.Generator",
+            "rtf": "seconds of audio generated per CPU second (1 thread), per stream, prompt prefill included",
+            "mel_source": "codec for hybrid_k1/hybrid_k8" if has_mel_source else "codec (only option)",
+            "interleaved_repeats": repeats,
+            "warmup": "none: one generate() call is many steps long",
+            "quick": bool(args.quick),
+        },
+        "cases": {},
+    }
+    for name, seconds in times.items():
+        batch_size = int(name.rsplit("_b", 1)[1])
+        entry = summary(seconds)
+        generated = new_frames[batch_size] / AUDIO_FRAME_RATE
+        entry["batch_size"] = batch_size
+        entry["ms_per_frame"] = round(1000 * entry["cpu_median_s"] / new_frames[batch_size], 2)
+        entry["rtf"] = round(generated / entry["cpu_median_s"], 4)
+        entry["rtf_wall"] = round(generated / entry["median_s"], 4)
+        entry["rtf_total"] = round(batch_size * generated / entry["cpu_median_s"], 4)
+        result["cases"][name] = entry
+    for name, entry in result["cases"].items():
+        result[f"{name}_rtf"] = entry["rtf"]
+    for k in (1, 8):
+        for b in (1, 8):
+            hybrid, token = times[f"hybrid_k{k}_b{b}"], times[f"token_k{k}_b{b}"]
+            result[f"hybrid_vs_token_k{k}_b{b}_time_ratio"] = ratio(hybrid, token)
+    result["real_time_target_hybrid_k8_b1"] = {
+        "target_rtf": 1.0,
+        "measured_rtf": result["hybrid_k8_b1_rtf"],
+        "met": result["hybrid_k8_b1_rtf"] >= 1.0,
+    }
+    result["machine"] = machine_info()
+    return result
+
+
+def parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_arguments(parser)
+    parser.add_argument("--new-frames", type=int, default=None, help="frames generated at batch 1 (default 75)")
+    parser.add_argument("--new-frames-b8", type=int, default=None, help="frames generated at batch 8 (default 20)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    from benchmarks.common import emit
+
+    result = run(parser().parse_args(argv))
+    emit(result)
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,81 @@
+"""The benchmark suite runs end to end and writes the JSON and table it promises.
+
+Structure only: timings on a shared CI machine prove nothing, so no number is compared with a target here.
+The full figures live in docs/benchmarks.json (written by `python benchmarks/run_all.py`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+REQUIRED = (
+    "training.spectrogram_overhead",
+    "training.speed_vs_gpt2",
+    "context.speedup_10s",
+    "context.memory_ratio_10s",
+    "features.extractor_rtf",
+    "features.processor_rtf",
+    "generation.hybrid_k8_b1_rtf",
+    "generation.hybrid_k1_b1_rtf",
+)
+MACHINE_KEYS = ("cpu_model", "cpu_cores", "torch_threads", "torch_version")
+
+
+def _lookup(tree: dict, dotted: str):
+    node = tree
+    for part in dotted.split("."):
+        assert isinstance(node, dict) and part in node, f"{dotted} missing (at {part!r})"
+        node = node[part]
+    return node
+
+
+def test_run_all_quick_writes_json_and_markdown(tmp_path) -> None:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")])}
+    completed = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "benchmarks" / "run_all.py"), "--quick", "--output-dir", str(tmp_path)],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stderr[-4000:]
+    printed = json.loads(completed.stdout)
+    written = json.loads((tmp_path / "benchmarks.json").read_text())
+    assert printed == written
+
+    for key in REQUIRED:
+        value = _lookup(written, key)
+        assert isinstance(value, (int, float)) and value > 0, f"{key} = {value!r}"
+    machine = written["machine"]
+    for key in MACHINE_KEYS:
+        assert machine.get(key) not in (None, ""), f"machine.{key} missing"
+    assert machine["torch_threads"] == 1
+    assert isinstance(written["gpu"], (str, dict))
+    assert written["run"]["quick"] is True
+
+    details = written["details"]
+    assert set(details) == {"training", "context", "features", "generation"}
+    for model in ("hybrid", "token_only", "gpt2"):
+        entry = details["training"]["models"][model]
+        assert entry["median_s"] > 0 and entry["frames_per_s"] > 0
+        assert entry["memory"]["peak_delta_mb"] >= 0
+    for label in ("5s", "10s", "20s"):
+        duration = details["context"]["durations"][label]
+        assert duration["models"]["flattened"]["positions"] == 8 * duration["models"]["hybrid"]["positions"]
+        assert duration["attention_flops_ratio"] > 1
+    for case in ("extractor_b1", "extractor_b8", "encode_b1", "decode_b1", "processor_b1", "processor_b8"):
+        assert details["features"]["cases"][case]["rtf"] > 0
+    for case in ("hybrid_k1_b1", "hybrid_k8_b1", "token_k1_b1", "token_k8_b1", "hybrid_k8_b8", "token_k8_b8"):
+        assert details["generation"]["cases"][case]["rtf"] > 0
+
+    table = (tmp_path / "benchmarks.md").read_text()
+    assert "| `generation.hybrid_k8_b1_rtf` |" in table
+    assert machine["cpu_model"] in table
