@@ -583,8 +583,10 @@ def _memory_probe(spec_json: str) -> None:
         "input_features": torch.randn(b, frames, cfg.num_mel_bins),
     }
     batch = _model_inputs(raw, cfg, spec.flat, config.codebook_size)
-    optimizer.zero_grad()
-    model(**batch, use_cache=False).loss.backward()  # allocate the optimizer state and gradients first
+    # Gradients and AdamW state first, without a forward pass: the high-water mark then grows only by what a
+    # step needs on top of the weights and optimizer state (activations and temporaries).
+    for parameter in model.parameters():
+        parameter.grad = torch.zeros_like(parameter)
     optimizer.step()
     baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     for _ in range(2):
@@ -837,7 +839,7 @@ def _report(config, corpora, codec_stats, processor, timing, allotment, results,
             row("token-only GPT-S (reference)", k.format("gpt_s"), group="reference"),
             row("hybrid, causal mel (ours)", k.format("hybrid"), group="mel framing"),
             row(
-                "hybrid, centered-STFT mel (leaks ~n_fft/2 future samples)",
+                "hybrid, centered-STFT mel (sees 352 future samples)",
                 k.format("hybrid_centered_mel"),
                 group="mel framing",
             ),
@@ -1098,8 +1100,89 @@ def render_markdown(report: dict[str, Any], figures: list[Path]) -> str:
             f"{c['validation_seconds_scored']:.0f} | {c['seconds_by_source']} |"
         )
     lines += ["", "## Figures", ""] + [f"![{f.stem}]({f.as_posix()})" for f in figures]
-    lines += ["", "## Discussion", "", report.get("discussion", "_(see below)_"), ""]
-    return "\n".join(lines)
+    lines += ["", "## Findings (computed from the numbers above)", ""] + [f"- {line}" for line in findings(report)]
+    if report.get("discussion"):
+        lines += ["", "## Discussion", "", report["discussion"]]
+    return "\n".join(lines) + "\n"
+
+
+def findings(report: dict[str, Any]) -> list[str]:
+    """Plain statements about the comparison, derived from the report (so a rerun states its own result)."""
+    out = []
+    spreads = []
+    for domain in DOMAINS:
+        s, h, large = report[domain]["gpt_s"], report[domain]["hybrid"], report[domain]["gpt_l"]
+        gain = report[domain]["hybrid_minus_gpt_s_nll"]
+        spread = max(s["nll_std"], h["nll_std"])
+        spreads.append(spread)
+        wins = sum(value < 0 for value in gain["by_seed"])
+        if gain["mean"] < 0 and abs(gain["mean"]) > 2 * spread:
+            verdict = "the hybrid is better than GPT-S by more than twice the seed spread"
+        elif gain["mean"] < 0:
+            verdict = "the hybrid is ahead of GPT-S on average, but by less than twice the seed spread"
+        else:
+            verdict = "the hybrid does NOT beat GPT-S"
+        out.append(
+            f"{domain}: hybrid - GPT-S codebook-0 NLL = {gain['mean']:+.3f} nats (per seed "
+            + ", ".join(f"{v:+.3f}" for v in gain["by_seed"])
+            + f"; hybrid better in {wins} of {len(gain['by_seed'])} seeds; seed std GPT-S {s['nll_std']:.3f}, "
+            f"hybrid {h['nll_std']:.3f}): {verdict}. Paper: "
+            f"{PAPER[domain]['hybrid']['nll'] - PAPER[domain]['gpt_s']['nll']:+.2f}. GPT-L - GPT-S = "
+            f"{large['nll'] - s['nll']:+.3f} nats ({len(large['seeds'])} seed)."
+        )
+    steps, epochs = report["speech"]["gpt_s"]["steps"], report["speech"]["gpt_s"]["epochs"]
+    out.append(
+        f"Every run trained for {steps} optimizer steps ({epochs:.2f} epochs of speech, "
+        f"{report['music']['gpt_s']['epochs']:.2f} of music): far from convergence, so this measures which model "
+        "learns faster at a fixed small budget, not where each would end up. GPT-L in particular is the most "
+        "under-trained relative to its size."
+    )
+    rows = {row["run"]: row for row in report.get("ablations", [])}
+    if rows:
+        spread = max(spreads)
+        out.append(
+            f"Ablations are single runs (seed {report['ablations'][0]['seed']}); differences below about "
+            f"{2 * spread:.3f} nats (twice the largest seed std of the main table) are within noise."
+        )
+        base = rows["gpt_s"]["nll"]
+        causal, centered = base - rows["hybrid"]["nll"], base - rows["hybrid_centered_mel"]["nll"]
+        share = (centered - causal) / centered if centered > 0 else float("nan")
+        leak = f"{share:.0%} of the centered gain is leakage" if centered > 0 else "no gain to attribute"
+        out.append(
+            f"Mel framing: gain over GPT-S with causal mel {causal:+.3f} nats, with centered-STFT mel "
+            f"{centered:+.3f} nats ({leak}). The centered STFT window of frame t reaches n_fft/2 - hop/2 = 352 "
+            "samples past the frame's end: all 320 samples of frame t + 1, the frame being predicted."
+        )
+        out.append(
+            "Spectrogram layers 0 / 2 / 4: "
+            + " / ".join(
+                f"{rows[name]['nll']:.3f}"
+                for name in ("hybrid_spectrogram_layers_0", "hybrid", "hybrid_spectrogram_layers_4")
+            )
+            + f"; fusion concat / sum: {rows['hybrid']['nll']:.3f} / {rows['hybrid_sum_fusion']['nll']:.3f}; "
+            f"mel from audio / from codec resynthesis: {rows['hybrid']['nll']:.3f} / "
+            f"{rows['hybrid_codec_mel']['nll']:.3f}. With this codec (random decoder weights) the resynthesised "
+            "audio is a deterministic function of the codebook-0 codes, so its mel carries no information the "
+            "codes do not already carry; any gain it shows is from the extra computation, not from audio."
+        )
+        k8, flat, s8 = rows["hybrid_k8"], rows["flat8_gpt_s"], rows["gpt_s_k8"]
+        memory = ""
+        if k8.get("memory") and flat.get("memory"):
+            memory = (
+                f"; peak memory added by a training step for the same {report['budget']['crop_seconds']:.2f} s crops: "
+                f"{k8['memory']['step_increase_mib']:.0f} MiB (hybrid K=8) vs {flat['memory']['step_increase_mib']:.0f}"
+                " MiB (flattened)"
+            )
+        out.append(
+            f"K=1 vs K=8: codebook-0 NLL hybrid K=1 {rows['hybrid']['nll']:.3f}, hybrid K=8 {k8['nll']:.3f}, "
+            f"token-only K=8 {s8['nll']:.3f}. Context length: hybrid K=8 (one position per frame) mean NLL over the 8 "
+            f"codebooks {k8['nll_all_codebooks']:.3f} vs flattened token-only {flat['nll_all_codebooks']:.3f}; "
+            f"training speed {k8['train_frames_per_second']:.0f} vs {flat['train_frames_per_second']:.0f} frames/s "
+            f"({k8['train_tokens_per_second']:.0f} vs {flat['train_tokens_per_second']:.0f} codes/s){memory}. The "
+            f"flattened model has {flat['params'] / 1e6:.1f}M parameters (8x larger vocabulary) against "
+            f"{k8['params'] / 1e6:.1f}M."
+        )
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------------------
