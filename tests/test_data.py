@@ -206,3 +206,25 @@ def test_training_crops_and_epoch_sampler(prepared):
     sampler.set_epoch(1)
     assert [index for _, index in sampler] != [index for _, index in first]
     assert crops[(1, 4)]["crop_key"] == (1, 4) and "crop_key" not in crops[4]
+
+
+def test_prepare_command_and_subcommand_registration(folder, prepared, tiny_processor, tmp_path, capsys):
+    import argparse
+
+    from whisper_gpt import data, demo, evaluation, model_card, training
+
+    parser = argparse.ArgumentParser()
+    commands = parser.add_subparsers(dest="command", required=True)
+    for module in (data, training, evaluation, demo, model_card):
+        module.register_cli(commands)
+    assert parser.parse_args(["train", "audio", "out", "--resume"]).resume == "latest"
+    assert parser.parse_args(["evaluate", "model", "audio", "--plot"]).plot == ""
+    assert parser.parse_args(["demo", "--minutes", "2"]).minutes == 2.0
+    assert parser.parse_args(["push", "model", "user/repo"]).repo_id == "user/repo"
+
+    _, _, cache = prepared
+    tiny_processor.save_pretrained(tmp_path / "processor")
+    args = parser.parse_args(["prepare", str(folder), str(tmp_path / "processor"), "--cache-dir", str(cache)])
+    summary = args.handler(args)
+    assert summary["train"]["files"] + summary["validation"]["files"] == len(audio_files(folder))
+    assert "validation:" in capsys.readouterr().out

@@ -564,6 +564,52 @@ class SlidingWindows(torch.utils.data.Dataset):
         }
 
 
+def register_cli(subparsers: Any) -> None:
+    """Add ``whisper-gpt prepare DATA PROCESSOR_DIR`` to an argparse subparsers object."""
+    parser = subparsers.add_parser(
+        "prepare", help="calibrate a local codec if needed and encode audio into cached codes + causal mel"
+    )
+    parser.add_argument("data", help="a folder of audio files or a built corpus")
+    parser.add_argument("processor_dir", help="a saved processor; if it does not exist, one is calibrated and saved")
+    parser.add_argument("--splits", nargs="+", default=["train", "validation"], help="splits to encode")
+    parser.add_argument("--num-mel-bins", type=int, default=80, help="mel bins of a new processor (model config)")
+    parser.add_argument("--codebook-size", type=int, default=1024, help="codes per codebook of a new codec")
+    parser.add_argument("--bandwidth", type=float, default=6.0, help="kbps of a new codec (1.5: 2 codebooks, 6: 8)")
+    parser.add_argument("--cache-dir", help="where prepared datasets are cached")
+    parser.add_argument("--num-proc", type=int, help="processes encoding audio")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.set_defaults(handler=_prepare_command)
+
+
+def _prepare_command(args: Any) -> dict[str, Any]:
+    from .corpus import audio_files
+    from .training import configure_torch
+
+    configure_torch(num_processes=1)
+    processor_dir = Path(args.processor_dir)
+    if (processor_dir / "audio_tokenizer").is_dir():
+        processor = WhisperGPTProcessor.from_pretrained(processor_dir)
+    else:
+        processor, stats = build_processor(
+            audio_files(args.data, split="train"),
+            num_mel_bins=args.num_mel_bins,
+            codebook_size=args.codebook_size,
+            bandwidth=args.bandwidth,
+            seed=args.seed,
+        )
+        processor.save_pretrained(processor_dir)
+        print(f"calibrated a codec on {stats['frames']:,} frames and saved the processor to {processor_dir}")
+    summary = {}
+    frame_rate = processor.audio_tokenizer.sampling_rate / processor.audio_tokenizer.hop_length
+    for split in args.splits:
+        prepared = prepare_dataset(args.data, processor, split=split, cache_dir=args.cache_dir, num_proc=args.num_proc)
+        frames = int(np.sum(prepared["num_frames"]))
+        cache = str(Path(prepared.cache_files[0]["filename"]).parent)
+        summary[split] = {"files": len(prepared), "frames": frames, "cache": cache}
+        print(f"{split}: {len(prepared)} files, {frames:,} frames ({frames / frame_rate / 60:.1f} min) in {cache}")
+    return summary
+
+
 __all__ = [
     "EpochShuffleSampler",
     "SlidingWindows",
@@ -574,4 +620,5 @@ __all__ = [
     "prepare_dataset",
     "prepared_features",
     "processor_fingerprint",
+    "register_cli",
 ]

@@ -254,8 +254,9 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
 def _evaluate_command(args: argparse.Namespace) -> dict[str, Any]:
     from . import WhisperGPTForCausalLM, WhisperGPTProcessor
     from .data import prepare_dataset
+    from .training import configure_torch
 
-    torch.set_flush_denormal(True)
+    configure_torch(num_processes=1)
     model = WhisperGPTForCausalLM.from_pretrained(args.model_dir)
     processor = WhisperGPTProcessor.from_pretrained(args.model_dir)
     model.validate_audio_tokenizer(processor.audio_tokenizer)

@@ -56,7 +56,7 @@ class TrainingConfig:
 
     output_dir: str
     train_data: str
-    validation_data: str | None = None  # default: the "validation" split of train_data
+    validation_data: str | None = None  # used whole; default: the "validation" split of train_data
     processor: str | None = None  # a saved processor; None calibrates a local codec on the training audio
     preset: str = "paper_hybrid"
     model_overrides: dict[str, Any] = field(default_factory=dict)
@@ -100,12 +100,13 @@ def model_config(preset: str, overrides: dict[str, Any] | None = None) -> Whispe
 
 
 def configure_torch(num_processes: int, threads: int | None = None) -> int:
-    """Set torch's CPU threads (default: cores / processes) and flush denormals; returns the thread count.
+    """Set torch's CPU threads and flush denormals; returns the thread count.
 
-    Measured on 2 cores (DESIGN §6): two threads per process on busy cores ran ~5x slower than one, and denormal
-    floats slowed CPU training severalfold.
+    Default: one core per process is left out of the count (at least one thread). Measured here on 2 cores with
+    other work running: 2 threads encoded audio 30x slower than 1 and trained ~5x slower (DESIGN §6), because
+    torch's threads spin-wait on cores they do not get; and denormal floats slowed CPU training severalfold.
     """
-    threads = threads or max(1, (os.cpu_count() or 1) // max(1, num_processes))
+    threads = threads or max(1, (os.cpu_count() or 1) // max(1, num_processes) - 1)
     torch.set_num_threads(threads)
     torch.set_flush_denormal(True)
     return threads
@@ -261,9 +262,11 @@ def train(config: TrainingConfig) -> dict[str, Any]:
     prepare = {"cache_dir": config.cache_dir, "num_proc": config.num_proc, "progress": config.progress}
     with accelerator.main_process_first():  # the main process encodes, the others read its cache
         train_set = prepare_dataset(config.train_data, processor, split="train", **prepare)
-        validation_source = config.validation_data or config.train_data
-        validation_split = None if config.validation_data and _is_prepared(config.validation_data) else "validation"
-        validation_set = prepare_dataset(validation_source, processor, split=validation_split, **prepare)
+        # A separate validation folder is used whole; otherwise the validation split of the training data.
+        if config.validation_data:
+            validation_set = prepare_dataset(config.validation_data, processor, **prepare)
+        else:
+            validation_set = prepare_dataset(config.train_data, processor, split="validation", **prepare)
 
     crops = TrainingCrops(train_set, max_frames)
     if len(crops) < config.batch_size:
@@ -328,7 +331,7 @@ def train(config: TrainingConfig) -> dict[str, Any]:
             batch = next(stream)
             if not cfg.use_spectrogram:
                 batch.pop("input_features", None)
-            window_frames += int(batch["attention_mask"].sum()) * accelerator.num_processes
+            window_frames += int(batch["attention_mask"].sum())  # this process's share of the batch
             # Gradients are all-reduced only on the last micro-batch of an optimizer step.
             sync = nullcontext() if micro == accumulation - 1 else accelerator.no_sync(model)
             with sync:
@@ -344,6 +347,7 @@ def train(config: TrainingConfig) -> dict[str, Any]:
         step = state["step"]
         if step % config.log_every == 0 or step == stop:
             train_loss = float(accelerator.reduce(torch.stack(losses).mean(), reduction="mean"))
+            frames = int(accelerator.reduce(torch.tensor(window_frames, device=accelerator.device), reduction="sum"))
             elapsed = time.perf_counter() - window_start
             record = {
                 "step": step,
@@ -351,7 +355,7 @@ def train(config: TrainingConfig) -> dict[str, Any]:
                 "train/loss": train_loss,
                 "train/learning_rate": scheduler.get_last_lr()[0],
                 "train/grad_norm": float(grad_norm),
-                "train/frames_per_second": window_frames / elapsed if elapsed > 0 else None,
+                "train/frames_per_second": frames / elapsed if elapsed > 0 else None,
             }
             window_start, window_frames = time.perf_counter(), 0
             history.append(record)
@@ -400,10 +404,6 @@ def train(config: TrainingConfig) -> dict[str, Any]:
         accelerator.wait_for_everyone()
     accelerator.end_training()
     return summary
-
-
-def _is_prepared(path: str) -> bool:
-    return (Path(path) / "dataset_info.json").is_file()
 
 
 def _check(config: TrainingConfig) -> None:
@@ -487,7 +487,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     defaults = TrainingConfig(output_dir="", train_data="")
     parser.add_argument("train_data", help="a folder of audio files, a built corpus, or a prepared dataset")
     parser.add_argument("output_dir", help="checkpoints, logs, metrics.jsonl and the final model (final/)")
-    parser.add_argument("--validation-data", help="default: the validation split of TRAIN_DATA")
+    parser.add_argument("--validation-data", help="audio used whole for validation (default: TRAIN_DATA's split)")
     parser.add_argument("--processor", help="a saved processor; default: calibrate a local codec on the training audio")
     parser.add_argument("--preset", choices=PRESETS, default=defaults.preset)
     parser.add_argument(
