@@ -35,7 +35,6 @@ import logging
 import math
 import os
 import platform
-import resource
 import shlex
 import subprocess
 import sys
@@ -588,13 +587,27 @@ def _memory_probe(spec_json: str) -> None:
     for parameter in model.parameters():
         parameter.grad = torch.zeros_like(parameter)
     optimizer.step()
-    baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # getrusage's ru_maxrss survives exec (a child of a large process starts with its parent's peak), so read
+    # the kernel's own high-water mark of this process and reset it first.
+    _reset_peak_rss()
+    baseline = _status_kib("VmRSS")
     for _ in range(2):
         model(**batch, use_cache=False).loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=False)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak = _status_kib("VmHWM")
     print(json.dumps({"peak_rss_mib": peak / 1024, "step_increase_mib": (peak - baseline) / 1024}))
+
+
+def _status_kib(field_name: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field_name + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"/proc/self/status has no {field_name}")
+
+
+def _reset_peak_rss() -> None:
+    Path("/proc/self/clear_refs").write_text("5")  # "5" resets VmHWM to the current RSS
 
 
 def _measure_memory(spec: RunSpec, config: ReproductionConfig) -> dict[str, float] | None:
@@ -606,6 +619,33 @@ def _measure_memory(spec: RunSpec, config: ReproductionConfig) -> dict[str, floa
         logger.warning("memory probe failed: %s", result.stderr[-500:])
         return None
     return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def remeasure_memory(docs_dir: str | os.PathLike = "docs") -> dict[str, Any]:
+    """Re-run the memory probe with the settings stored in ``DOCS_DIR/results.json`` and rewrite the report.
+
+    The probe of the first committed run read ``ru_maxrss``, which a child process inherits from its (large)
+    parent across exec, so all three models showed the parent's peak; the probe now reads ``VmHWM``.
+    """
+    docs = Path(docs_dir)
+    report = json.loads((docs / "results.json").read_text())
+    stored = report["config"]
+    config = ReproductionConfig(**{k: tuple(v) if k in ("seeds", "large_seeds") else v for k, v in stored.items()})
+    d = config.ablation_domain
+    probes = {
+        "hybrid": RunSpec("hybrid", d, "hybrid"),
+        "hybrid_k8": RunSpec("hybrid_k8", d, "hybrid", 0, {"num_codebooks": CODEC_CODEBOOKS}),
+        "flat8_gpt_s": RunSpec("flat8_gpt_s", d, "gpt_s", flat=True),
+    }
+    memory = {name: _measure_memory(spec, config) for name, spec in probes.items()}
+    for row in report["ablations"]:
+        if "memory" in row and row["run"] in memory:
+            row["memory"] = memory[row["run"]]
+    report.setdefault("notes", []).append(
+        "memory re-measured with `whisper-gpt reproduce --remeasure-memory` (VmHWM probe) after the run"
+    )
+    write_report(report, docs)
+    return report
 
 
 def _jsonable(value: Any) -> Any:
@@ -1101,6 +1141,8 @@ def render_markdown(report: dict[str, Any], figures: list[Path]) -> str:
         )
     lines += ["", "## Figures", ""] + [f"![{f.stem}]({f.as_posix()})" for f in figures]
     lines += ["", "## Findings (computed from the numbers above)", ""] + [f"- {line}" for line in findings(report)]
+    if report.get("notes"):
+        lines += ["", "Notes: " + "; ".join(report["notes"]) + "."]
     if report.get("discussion"):
         lines += ["", "## Discussion", "", report["discussion"]]
     return "\n".join(lines) + "\n"
@@ -1212,6 +1254,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--validation-seconds", type=float, default=defaults.validation_seconds)
     parser.add_argument("--eval-points", type=int, default=defaults.eval_points)
     parser.add_argument("--progress", action="store_true")
+    parser.add_argument(
+        "--remeasure-memory", action="store_true", help="only re-run the memory probe of DOCS_DIR/results.json"
+    )
 
 
 def config_from_args(args: argparse.Namespace, command: str | None = None) -> ReproductionConfig:
@@ -1247,6 +1292,8 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
 
 def _command(args: argparse.Namespace) -> dict[str, Any]:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    if args.remeasure_memory:
+        return remeasure_memory(args.docs_dir)
     command = "whisper-gpt reproduce " + " ".join(shlex.quote(a) for a in sys.argv[2:])
     report = run_reproduction(config_from_args(args, command))
     print(render_markdown(report, []))
@@ -1258,6 +1305,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     add_arguments(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    if args.remeasure_memory:
+        return remeasure_memory(args.docs_dir)
     argv = sys.argv[1:] if argv is None else argv
     command = "python examples/reproduce_paper.py " + " ".join(shlex.quote(a) for a in argv)
     report = run_reproduction(config_from_args(args, command))
