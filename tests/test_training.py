@@ -6,6 +6,7 @@ import importlib.util
 import json
 import math
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -151,7 +152,10 @@ def test_two_process_cpu_launch_matches_one_process(setup, trained):
     }
     options = [str(item) for pair in settings.items() for item in pair]
     script = [str(ROOT / "examples" / "train_accelerate.py"), str(setup / "audio"), str(output)]
-    command = [*launch, "--main_process_port", "29531", *script, *options, *overrides, "--no-progress"]
+    with socket.socket() as probe:  # a free port, so concurrent test runs do not collide
+        probe.bind(("127.0.0.1", 0))
+        port = str(probe.getsockname()[1])
+    command = [*launch, "--main_process_port", port, *script, *options, *overrides, "--no-progress"]
     environment = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=environment)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

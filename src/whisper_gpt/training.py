@@ -15,6 +15,9 @@ scheduler and every process's RNG states, and a resumed run skips the batches al
 ``batch_size`` is the global batch: Accelerate splits each batch between processes (``split_batches=True``), so one
 process and N processes see the same examples in the same steps and train (up to floating-point order) the same
 model; it must be divisible by the number of processes.
+
+Several CPU processes: ``accelerate launch --cpu --num_processes N`` (which by itself starts one process unless
+mpirun is set up; the script then starts the N processes with torchrun), or ``torchrun --nproc_per_node N``.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import math
 import os
 import shlex
 import shutil
@@ -82,7 +86,7 @@ class TrainingConfig:
     resume: str | None = None  # "latest" or a checkpoint folder
     cache_dir: str | None = None
     num_proc: int | None = None
-    calibration_bandwidth: float = 1.5
+    calibration_bandwidth: float | None = None  # kbps of a calibrated codec; default: the least giving K codebooks
     calibration_max_frames: int = 100_000
     calibration_iterations: int = 20
     torch_threads: int | None = None
@@ -196,7 +200,8 @@ def _processor_for(config: TrainingConfig, accelerator: Any, model_cfg: WhisperG
             files,
             num_mel_bins=model_cfg.num_mel_bins,
             codebook_size=model_cfg.codebook_size,
-            bandwidth=config.calibration_bandwidth,
+            # 75 frames/s x 10 bits per codebook: 1.5 kbps gives 2 codebooks, 6 kbps gives 8.
+            bandwidth=config.calibration_bandwidth or 0.75 * 2 ** max(1, math.ceil(math.log2(model_cfg.num_codebooks))),
             max_frames=config.calibration_max_frames,
             iterations=config.calibration_iterations,
             seed=config.seed,
@@ -548,6 +553,8 @@ def config_from_args(args: argparse.Namespace) -> TrainingConfig:
 
 
 def _train_command(args: argparse.Namespace) -> dict[str, Any]:
+    # accelerate launch --cpu --num_processes N runs one process unless mpirun is set up; start the N here.
+    _relaunch_if_accelerate_cpu_started_one_process()
     summary = train(config_from_args(args))
     if not summary["is_main_process"]:
         return summary
@@ -587,27 +594,30 @@ def _processes_asked_of_accelerate_cpu() -> int | None:
     return None
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    """Entry point of ``examples/train_accelerate.py`` (run it with ``accelerate launch`` for several processes).
+def _relaunch_if_accelerate_cpu_started_one_process() -> None:
+    """Replace this process by N torchrun processes when ``accelerate launch --cpu --num_processes N`` started one.
 
-    ``accelerate launch --cpu --num_processes N`` (N > 1) without mpirun would run a single process; the script
-    then starts the N processes itself with torch's elastic launcher (torchrun), which Accelerate joins on the CPU.
+    torchrun's processes find the group through the environment, and Accelerate joins it on the CPU (gloo).
     """
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     processes = _processes_asked_of_accelerate_cpu()
-    if processes and processes > 1:
-        logger.info("accelerate launch --cpu started one process; starting %d with torchrun", processes)
-        command = [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            f"--nproc_per_node={processes}",
-            f"--master_addr={os.environ['MASTER_ADDR']}",
-            f"--master_port={os.environ.get('MASTER_PORT', '29500')}",
-            sys.argv[0],
-            *(sys.argv[1:] if argv is None else argv),
-        ]
-        os.execv(sys.executable, command)
+    if not processes or processes < 2:
+        return
+    logger.info("accelerate launch --cpu started one process; starting %d with torchrun", processes)
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        f"--nproc_per_node={processes}",
+        f"--master_addr={os.environ['MASTER_ADDR']}",
+        f"--master_port={os.environ.get('MASTER_PORT', '29500')}",
+        *sys.argv,
+    ]
+    os.execv(sys.executable, command)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Entry point of ``examples/train_accelerate.py`` (run it with ``accelerate launch`` for several processes)."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     parser = argparse.ArgumentParser(description="Train Whisper-GPT with Accelerate.")
     add_arguments(parser)
     return _train_command(parser.parse_args(argv))
