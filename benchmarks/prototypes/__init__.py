@@ -1,0 +1,1 @@
+"""Prototypes of proposed src changes and the scripts that measured them (see ../PROFILING.md)."""
