@@ -396,7 +396,8 @@ class WhisperGPTModel(WhisperGPTPreTrainedModel):
         """input_ids (B, K_in >= K, T) codes; input_features (B, T, M); attention_mask (B, past + T)."""
         codes = self._select_codes(input_ids)  # (B, K, T)
         batch_size, _, length = codes.shape
-        use_cache = use_cache if use_cache is not None else self.config.use_cache
+        if use_cache is None:  # a cache only helps decoding; in training it would just hold memory
+            use_cache = self.config.use_cache and not self.training
         if use_cache and cache is None and not (self.gradient_checkpointing and self.training):
             cache = DynamicCache()
         past_length = cache.get_seq_length() if cache is not None else 0
