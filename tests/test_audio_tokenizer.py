@@ -356,3 +356,14 @@ def test_fresh_codec_encoder_is_initialised_from_data_before_kmeans():
     assert all(not conv.bias.any() for conv in convolutions)
     again = fresh.calibrate([synthetic_audio(4.0, 7)], SR, iterations=1)  # calibrated now: encoder kept
     assert "signal_to_offset_after" not in again
+
+
+def test_silence_codes_are_cached_until_the_codec_changes():
+    tokenizer = build_tokenizer(codebook_size=SMALL_CODEBOOK)
+    first = tokenizer._silence_codes()
+    assert tokenizer._silence_codes() is first  # not re-encoded on every decode
+    tokenizer.calibrate([synthetic_audio(4.0, seed) for seed in range(3)], SR, iterations=2)
+    recomputed = tokenizer._silence_codes()
+    assert recomputed is not first and not torch.equal(recomputed, first)  # new codebooks, new codes
+    tokenizer.bandwidth = 1.5
+    assert tokenizer._silence_codes().shape[0] == tokenizer.num_codebooks
