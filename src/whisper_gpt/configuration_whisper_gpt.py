@@ -49,7 +49,7 @@ class WhisperGPTConfig(PretrainedConfig):
     """
 
     model_type = "whisper_gpt"
-    keys_to_ignore_at_inference = ["past_key_values"]
+    keys_to_ignore_at_inference = ["cache", "past_key_values"]
 
     def __init__(
         self,
