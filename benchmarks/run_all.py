@@ -23,7 +23,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks import context, features, generation, training
-from benchmarks.common import REPO_ROOT, gpu_section, log, machine_info
+from benchmarks.common import REPO_ROOT, _git_commit, gpu_section, log, machine_info
 
 SCRIPTS = {"training": training, "context": context, "features": features, "generation": generation}
 
@@ -88,6 +88,8 @@ def _cpu_seconds() -> float:
 def collect(args: argparse.Namespace) -> dict[str, Any]:
     started = time.perf_counter()
     started_cpu = _cpu_seconds()
+    # The package is imported (and so measured) as it is now; others may commit while this runs.
+    commit_at_start = _git_commit()
     details: dict[str, Any] = {}
     durations: dict[str, float] = {}
     for name in args.only or SCRIPTS:
@@ -104,6 +106,9 @@ def collect(args: argparse.Namespace) -> dict[str, Any]:
             continue
         result[section] = {key: details[section].get(source) for key, source in keys.items()}
     machine = machine_info()
+    if machine["whisper_gpt_commit"] != commit_at_start:
+        machine["whisper_gpt_commit_at_end"] = machine["whisper_gpt_commit"]
+    machine["whisper_gpt_commit"] = commit_at_start
     result["machine"] = machine
     result["gpu"] = gpu_section()
     result["run"] = {
@@ -118,6 +123,14 @@ def collect(args: argparse.Namespace) -> dict[str, Any]:
     }
     result["details"] = details
     return result
+
+
+def _commit_note(machine: dict[str, Any]) -> str:
+    if "commit_note" in machine:
+        return f" ({machine['commit_note']})"
+    if "whisper_gpt_commit_at_end" in machine:
+        return f" (HEAD was {machine['whisper_gpt_commit_at_end']} when the run ended)"
+    return ""
 
 
 def _cpu_note(run: dict[str, Any]) -> str:
@@ -142,7 +155,8 @@ def markdown(result: dict[str, Any]) -> str:
         f"({result['run']['total_seconds']:.0f} s wall{_cpu_note(result['run'])}). "
         f"Machine: {machine['cpu_model']}, {machine['cpu_cores']} cores, "
         f"{machine['memory_gib']} GiB, torch {machine['torch_version']} with **{machine['torch_threads']} thread(s)**, "
-        f"transformers {machine['transformers_version']}, whisper-gpt {machine['whisper_gpt_commit']}, "
+        f"transformers {machine['transformers_version']}, whisper-gpt {machine['whisper_gpt_commit']}"
+        f"{_commit_note(machine)}, "
         f"load average {machine['load_average_1min']} when it finished. GPU: {result['gpu']}.",
         "",
         "Every ratio compares cases measured side by side in this one run (repetitions interleaved). Headline "
