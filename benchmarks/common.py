@@ -375,5 +375,16 @@ def emit(result: dict[str, Any]) -> None:
     print(json.dumps(result, indent=2))
 
 
+def run_script(
+    build_parser: Callable[[], argparse.ArgumentParser],
+    run: Callable[[argparse.Namespace], dict[str, Any]],
+    argv: list[str] | None,
+) -> dict[str, Any]:
+    """A benchmark script's main: parse ``argv``, run, print the JSON, return the result."""
+    result = run(build_parser().parse_args(argv))
+    emit(result)
+    return result
+
+
 if __name__ == "__main__":
     _memory_worker(sys.argv[1:])

@@ -188,11 +188,9 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    from benchmarks.common import emit
+    from benchmarks.common import run_script
 
-    result = run(parser().parse_args(argv))
-    emit(result)
-    return result
+    return run_script(parser, run, argv)
 
 
 if __name__ == "__main__":
