@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import shutil
 import subprocess
 import sys
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 import pytest
@@ -37,7 +38,9 @@ def _tone(seconds: float, rate: int, channels: int = 1, frequency: float = 220.0
     return np.stack([wave] * channels, axis=1) if channels > 1 else wave
 
 
-def _make_deb(root: Path, package: str, files: dict[str, tuple[float, int, int]], extra: dict[str, bytes]) -> Path:
+def _make_deb(
+    root: Path, package: str, files: dict[str, tuple[float, int, int]], extra: dict[str, bytes], compression="xz"
+) -> Path:
     """Build ``package``'s .deb holding tones ``{relative path: (seconds, rate, channels)}`` and raw ``extra`` files."""
     tree = root / package
     (tree / "DEBIAN").mkdir(parents=True)
@@ -56,7 +59,8 @@ def _make_deb(root: Path, package: str, files: dict[str, tuple[float, int, int]]
         (tree / relative).parent.mkdir(parents=True, exist_ok=True)
         (tree / relative).write_bytes(data)
     deb = root / f"{package}_1.0-1_all.deb"
-    subprocess.run(["dpkg-deb", "--root-owner-group", "--build", str(tree), str(deb)], check=True, capture_output=True)
+    command = ["dpkg-deb", "--root-owner-group", f"-Z{compression}", "--build", str(tree), str(deb)]
+    subprocess.run(command, check=True, capture_output=True)
     return deb
 
 
@@ -262,7 +266,125 @@ def test_cli_subcommand(tmp_path, monkeypatch, capsys):
     corpus.register_cli(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(["corpus", "music", str(tmp_path), "--minutes", "2.5", "--seed", "7"])
     args.handler(args)
-    assert calls == [("music", str(tmp_path), {"minutes": 2.5, "seed": 7, "validation_fraction": 0.1})]
+    expected = {"minutes": 2.5, "seed": 7, "validation_fraction": 0.1, "max_file_seconds": None}
+    assert calls == [("music", str(tmp_path), expected)]
     assert json.loads(capsys.readouterr().out)["out_dir"] == str(tmp_path)
     with pytest.raises(SystemExit):
         parser.parse_args(["corpus", "noise", str(tmp_path)])
+    args = parser.parse_args(["corpus", "music", str(tmp_path), "--max-file-seconds", "inf"])
+    args.handler(args)
+    assert calls[-1][2]["max_file_seconds"] == math.inf
+
+
+# Music-like sources: few long recordings per package, plus a rendered source whose lengths are unknown until
+# rendered (like the Bach chorales). 8 kHz keeps the packages small and the test fast.
+MUSIC_RATE = 8000
+
+
+@pytest.fixture(scope="module")
+def music_debs(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("music-debs")
+    suite = {f"usr/share/suite/movement{i}.wav": (60.0, MUSIC_RATE, 1) for i in range(3)}
+    album = {f"usr/share/album/track{i}.ogg": (45.0, MUSIC_RATE, 2) for i in range(4)}
+    return {
+        "fake-suite": _make_deb(root, "fake-suite", suite, {}, compression="gzip"),
+        "fake-album": _make_deb(root, "fake-album", album, {}, compression="gzip"),
+    }
+
+
+class RenderedSource:
+    """Stands in for ChoraleSource: many 12-s pieces whose length is only known once rendered."""
+
+    name = "fake-rendered"
+
+    def __init__(self, pieces: int = 40):
+        self.pieces, self.rendered = pieces, 0
+
+    def collect(self, cache_dir: Path) -> corpus._Collected:
+        items = [
+            corpus._Item(f"rendered/piece{i}", PurePosixPath(f"piece{i}.wav"), None, self._loader(i))
+            for i in range(self.pieces)
+        ]
+        return corpus._Collected(items, math.inf, "CC0-1.0", "CC0-1.0\n")
+
+    def _loader(self, index: int):
+        def load() -> np.ndarray:
+            self.rendered += 1
+            return _tone(12.0, corpus.SAMPLE_RATE, frequency=300.0 + 10 * index)
+
+        return load
+
+
+def _build_music(out: Path, debs: dict[str, Path], **kwargs) -> dict:
+    fetch = Fetcher(debs)
+    sources = [DebianSource("fake-suite", fetch=fetch), DebianSource("fake-album", fetch=fetch), RenderedSource()]
+    return build_corpus("music", out, minutes=3, progress=False, sources=sources, **kwargs)
+
+
+def _splits_by_origin(rows: list[dict]) -> dict[str, list[str]]:
+    by_origin: dict[str, list[str]] = {}
+    for row in rows:
+        by_origin.setdefault(row["origin"], []).append(row["split"])
+    return by_origin
+
+
+def test_music_excerpts_give_validation_several_files_from_several_sources(tmp_path, music_debs):
+    # 3 minutes from recordings of 45-60 s: uncapped, about eight files and validation held one or two of them.
+    # Capped at 5 s, each recording gives one excerpt from its middle: the suite and the album can give 15 s and
+    # 20 s, the rendered source fills the rest, and validation (10% of the seconds) gets one file per source.
+    summary = _build_music(tmp_path, music_debs, max_file_seconds=5)
+    rows = load_manifest(tmp_path)
+    assert summary["max_file_seconds"] == 5.0
+    assert all(row["duration"] <= 5.0 + 0.01 for row in rows)
+    assert summary["sources"]["fake-suite"] == {"files": 3, "seconds": 15.0}
+    assert summary["sources"]["fake-album"] == {"files": 4, "seconds": 20.0}
+    assert sum(summary["seconds"].values()) == pytest.approx(180.0, abs=0.5)
+    validation = [row for row in rows if row["split"] == "validation"]
+    assert len(validation) >= 3 and {row["source"] for row in validation} == {
+        "fake-suite",
+        "fake-album",
+        "fake-rendered",
+    }
+    assert summary["seconds"]["validation"] == pytest.approx(18.0, abs=3.0)
+    # One excerpt per recording, so no recording can be in both splits.
+    assert all(len(splits) == 1 for splits in _splits_by_origin(rows).values())
+    # The excerpt is the middle of the recording: a 60-s tone cut to 5 s keeps its full level.
+    suite_row = next(row for row in rows if row["source"] == "fake-suite")
+    assert suite_row["path"].endswith(".middle5.00s.wav")
+    audio, rate = sf.read(tmp_path / suite_row["path"])
+    assert rate == corpus.SAMPLE_RATE and len(audio) == 5 * corpus.SAMPLE_RATE and np.abs(audio).max() > 0.25
+    metadata = json.loads((tmp_path / "corpus.json").read_text())
+    assert metadata["max_file_seconds"] == 5.0 and metadata["domain"] == "music" and metadata["seed"] == 0
+
+
+def test_music_caps_at_30_seconds_by_default_and_the_cap_is_part_of_the_corpus(tmp_path, music_debs):
+    summary = _build_music(tmp_path, music_debs)
+    assert summary["max_file_seconds"] == corpus.MAX_FILE_SECONDS["music"] == 30.0
+    assert max(row["duration"] for row in load_manifest(tmp_path)) == pytest.approx(30.0, abs=0.01)
+    # Same arguments: nothing is rewritten and nothing is rendered again.
+    mtimes = {path: path.stat().st_mtime_ns for path in tmp_path.rglob("*") if path.is_file()}
+    assert _build_music(tmp_path, music_debs) == summary
+    assert {path: path.stat().st_mtime_ns for path in tmp_path.rglob("*") if path.is_file()} == mtimes
+    # Another cap is another corpus: new excerpts, the old ones removed, the cap recorded.
+    smaller = _build_music(tmp_path, music_debs, max_file_seconds=5)
+    rows = load_manifest(tmp_path)
+    assert smaller["max_file_seconds"] == 5.0 and max(row["duration"] for row in rows) <= 5.0 + 0.01
+    assert {p.relative_to(tmp_path).as_posix() for p in (tmp_path / "audio").rglob("*.wav")} == {
+        row["path"] for row in rows
+    }
+    assert json.loads((tmp_path / "corpus.json").read_text())["max_file_seconds"] == 5.0
+    # No cap: whole recordings as before, recorded as null.
+    uncapped = _build_music(tmp_path, music_debs, max_file_seconds=math.inf)
+    assert uncapped["max_file_seconds"] is None
+    assert json.loads((tmp_path / "corpus.json").read_text())["max_file_seconds"] is None
+    assert max(row["duration"] for row in load_manifest(tmp_path)) == pytest.approx(60.0, abs=0.01)
+
+
+def test_speech_is_not_capped_by_default_and_bad_caps_are_refused(tmp_path, debs):
+    summary = _build(tmp_path, Fetcher(debs))
+    assert summary["max_file_seconds"] is None
+    long_row = next(row for row in load_manifest(tmp_path) if row["origin"].endswith("long.wav"))
+    assert long_row["duration"] == pytest.approx(12.0, abs=0.01)
+    for bad in (0, -1, 0.1, math.nan):
+        with pytest.raises(ValueError, match="max_file_seconds"):
+            _build(tmp_path / "bad", Fetcher(debs), max_file_seconds=bad)

@@ -8,8 +8,17 @@ no root needed), unpacks them with ``dpkg-deb -x``, decodes every audio file to 
   (seconds), ``source`` (Debian package or ``music21``), ``licence``, ``split`` (``train``/``validation``)
   and ``origin`` (the file's path inside its package);
 * ``OUT_DIR/train.txt`` and ``OUT_DIR/validation.txt``: the same split as relative paths, one per line;
+* ``OUT_DIR/corpus.json``: the arguments the corpus was built with (domain, minutes, seed, validation fraction,
+  ``max_file_seconds``) and its sources;
 * ``OUT_DIR/licenses/SOURCE.txt``: each source's full copyright file, since several licences (GPL, CC BY-SA)
   require it to travel with the audio.
+
+Each recording is used at most once, as a whole or as one excerpt: its middle ``max_file_seconds`` (30 s by default
+for music, no cap for speech) or, when less is left of its source's share, its middle part that fits. The Debian
+music tracks run from under a minute to over seven, so without the cap a 20-minute corpus held about a dozen
+recordings and the by-file split put a single piece from a single source into validation; with 30-s excerpts it
+draws on about 40 recordings and validation gets one piece from each source, while no recording is in both splits.
+The packages with only three tracks (asc-music, frozen-bubble-data) then give 90 s each and the others fill the rest.
 
 Music also includes Bach chorales from the music21 corpus rendered with tinysoundfont and the ``TimGM6mb.sf2``
 soundfont inside the pretty_midi wheel. Those three packages are optional: without them the chorales are skipped
@@ -55,11 +64,15 @@ MIN_SECONDS = 0.2
 # A file longer than what is left of its source's share is cut to its middle part, but only if that part is at
 # least this long: cutting a one-second word down to a fragment would make useless training audio.
 MIN_EXCERPT_SECONDS = 5.0
+# Longest audio taken from one recording, per domain (its middle part): music recordings are long and few, and a
+# by-file split needs many files to give validation more than one piece. math.inf: no cap.
+MAX_FILE_SECONDS = {"speech": math.inf, "music": 30.0}
 # Peak amplitude below which a decoded file counts as silent (-60 dBFS).
 SILENCE_PEAK = 1e-3
 DOMAINS = ("speech", "music")
 SPLITS = ("train", "validation")
 MANIFEST = "manifest.jsonl"
+METADATA = "corpus.json"
 MUSIC_EXTRAS_COMMAND = "pip install music21 pretty_midi && pip install --no-deps tinysoundfont"
 _PARTIAL = ".partial"
 # Written into each unpacked package, last, so an unpacked folder without it is incomplete.
@@ -340,6 +353,7 @@ def build_corpus(
     validation_fraction: float = 0.1,
     progress: bool = True,
     *,
+    max_file_seconds: float | None = None,
     sources: Sequence[Source] | None = None,
 ) -> dict:
     """Build (or reuse) a real-audio corpus of ``domain`` ("speech" or "music") in ``out_dir``.
@@ -354,11 +368,15 @@ def build_corpus(
         validation_fraction: about this fraction of the seconds goes to validation, split by file and picked across
             sources in turn; with two or more files validation gets at least one.
         progress: show tqdm progress bars.
+        max_file_seconds: longest audio taken from one recording: a longer one contributes only its middle this
+            many seconds (one excerpt per recording, so no recording is in both splits). None: the domain's default
+            in ``MAX_FILE_SECONDS`` (30 s for music, no cap for speech); math.inf: no cap.
         sources: replaces the domain's default sources (e.g. local packages for offline tests).
 
     Returns:
-        A summary: ``out_dir``, ``domain``, ``files``, ``seconds`` per split, per-source ``files``/``seconds``,
-        ``skipped`` (files that failed to decode or were too short or silent) and ``failed_sources``.
+        A summary: ``out_dir``, ``domain``, ``max_file_seconds`` (None for no cap), ``files``, ``seconds`` per
+        split, per-source ``files``/``seconds``, ``skipped`` (files that failed to decode or were too short or
+        silent) and ``failed_sources``.
     """
     if domain not in DOMAINS:
         raise ValueError(f"unknown domain {domain!r}: expected one of {', '.join(DOMAINS)}")
@@ -366,6 +384,9 @@ def build_corpus(
         raise ValueError(f"minutes must be positive, got {minutes}")
     if not 0 <= validation_fraction < 1:
         raise ValueError(f"validation_fraction must be in [0, 1), got {validation_fraction}")
+    cap = MAX_FILE_SECONDS[domain] if max_file_seconds is None else float(max_file_seconds)
+    if not cap >= MIN_SECONDS:  # also rejects NaN
+        raise ValueError(f"max_file_seconds must be at least {MIN_SECONDS}, got {max_file_seconds}")
     out = Path(out_dir)
     cache_dir = out / "cache"
     cache_dir.mkdir(parents=True, exist_ok=True)
@@ -385,12 +406,12 @@ def build_corpus(
     if not collected:
         raise RuntimeError(f"no {domain} source could be obtained: {failed}")
 
-    shares = _shares({name: source.available for name, source in collected.items()}, minutes)
+    shares = _shares({name: _capped_available(source, cap) for name, source in collected.items()}, minutes)
     rows, skipped = [], 0
     for name, source in collected.items():
         order = list(source.items)
         random.Random(f"{seed}:{name}").shuffle(order)
-        chosen, source_skipped = _fill(name, order, shares[name], out, progress)
+        chosen, source_skipped = _fill(name, order, shares[name], cap, out, progress)
         skipped += source_skipped
         rows += [{**row, "source": name, "licence": source.licence} for row in chosen]
         _write_text(out / "licenses" / f"{name}.txt", source.licence_text or f"{source.licence}\n")
@@ -401,7 +422,25 @@ def build_corpus(
     for split in SPLITS:
         _write_text(out / f"{split}.txt", "".join(row["path"] + "\n" for row in rows if row["split"] == split))
     _remove_stale_audio(out, {row["path"] for row in rows})
-    return _summary(out, domain, rows, skipped, failed)
+    recorded_cap = cap if math.isfinite(cap) else None
+    metadata = {
+        "domain": domain,
+        "minutes": minutes,
+        "seed": seed,
+        "validation_fraction": validation_fraction,
+        "max_file_seconds": recorded_cap,
+        "sources": sorted(collected),
+        "failed_sources": sorted(failed),
+    }
+    _write_text(out / METADATA, json.dumps(metadata, indent=2) + "\n")
+    return {**_summary(out, domain, rows, skipped, failed), "max_file_seconds": recorded_cap}
+
+
+def _capped_available(source: _Collected, cap: float) -> float:
+    """Seconds a source can give when each recording contributes at most ``cap`` seconds."""
+    if not math.isfinite(source.available) or not math.isfinite(cap):
+        return source.available
+    return sum(min(item.duration or 0.0, cap) for item in source.items)
 
 
 def _shares(available: dict[str, float], minutes: float | None) -> dict[str, float]:
@@ -421,8 +460,11 @@ def _shares(available: dict[str, float], minutes: float | None) -> dict[str, flo
     return shares
 
 
-def _fill(name: str, order: list[_Item], share: float, out: Path, progress: bool) -> tuple[list[dict], int]:
-    """Decode files of one source in ``order`` until ``share`` seconds are used; return rows and skip count."""
+def _fill(name: str, order: list[_Item], share: float, cap: float, out: Path, progress: bool) -> tuple[list[dict], int]:
+    """Decode files of one source in ``order`` until ``share`` seconds are used; return rows and skip count.
+
+    Each file gives at most ``cap`` seconds (its middle part), and is used at most once.
+    """
     rows, skipped, used = [], 0, 0.0
     bounded = math.isfinite(share)
     total, unit = (round(share), "s") if bounded else (len(order), "file")
@@ -431,12 +473,14 @@ def _fill(name: str, order: list[_Item], share: float, out: Path, progress: bool
             left = share - used
             if left < MIN_SECONDS:
                 break
-            # The first file of a source may be cut as short as needed so that every source is represented.
-            shortest_excerpt = MIN_EXCERPT_SECONDS if rows else MIN_SECONDS
-            if item.duration is not None and item.duration > left + _TOLERANCE and left < shortest_excerpt:
+            limit = min(left, cap)
+            # The first file of a source may be cut as short as needed so that every source is represented; a cut
+            # to ``cap`` is what the caller asked for, so it is always allowed.
+            shortest_excerpt = min(MIN_EXCERPT_SECONDS if rows else MIN_SECONDS, cap)
+            if item.duration is not None and item.duration > limit + _TOLERANCE and limit < shortest_excerpt:
                 continue  # known too long: look further for a file that fits
             try:
-                row = _materialise(name, item, left, shortest_excerpt, out)
+                row = _materialise(name, item, limit, shortest_excerpt, out)
             except _NoRoom:
                 break  # only rendering told us it is too long; rendering more to find out is too costly
             except Exception as error:  # any decoder failure means "skip this file", never abort the build
@@ -458,7 +502,8 @@ class _NoRoom(Exception):
 def _materialise(name: str, item: _Item, left: float, shortest_excerpt: float, out: Path) -> dict | None:
     """Write (or reuse) the WAV for ``item`` within ``left`` seconds and return its row; None if unusable.
 
-    A file longer than ``left`` is cut to its middle ``left`` seconds if that is at least ``shortest_excerpt``.
+    ``left`` is what is left of the source's share, or the per-file cap if that is smaller. A file longer than
+    ``left`` is cut to its middle ``left`` seconds if that is at least ``shortest_excerpt``.
     A WAV already at its final path is trusted because it was only ever moved there once complete.
     """
     full = PurePosixPath("audio", name) / item.output
@@ -627,19 +672,33 @@ def _hash_unit(text: str) -> float:
 
 
 def register_cli(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``whisper-gpt corpus DOMAIN OUT_DIR [--minutes N] [--seed S]`` to an argparse subparsers object."""
+    """Add ``whisper-gpt corpus DOMAIN OUT_DIR [--minutes N] [--seed S] ...`` to an argparse subparsers object."""
     parser = subparsers.add_parser("corpus", help="build a real speech or music corpus from Debian packages")
     parser.add_argument("domain", choices=DOMAINS)
     parser.add_argument("out_dir", help="output folder (audio/, manifest.jsonl, train.txt, validation.txt)")
     parser.add_argument("--minutes", type=float, default=None, help="cap on total duration (default: everything)")
     parser.add_argument("--seed", type=int, default=0, help="seed for file choice and the train/validation split")
-    parser.add_argument("--validation-fraction", type=float, default=0.1, help="fraction of files for validation")
+    parser.add_argument(
+        "--validation-fraction", type=float, default=0.1, help="fraction of the seconds for validation, split by file"
+    )
+    parser.add_argument(
+        "--max-file-seconds",
+        type=float,
+        default=None,
+        help="longest excerpt (the middle part) taken from one recording; default 30 for music, no cap for speech; "
+        "'inf' for no cap",
+    )
     parser.set_defaults(handler=_corpus_command)
 
 
 def _corpus_command(args: argparse.Namespace) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     summary = build_corpus(
-        args.domain, args.out_dir, minutes=args.minutes, seed=args.seed, validation_fraction=args.validation_fraction
+        args.domain,
+        args.out_dir,
+        minutes=args.minutes,
+        seed=args.seed,
+        validation_fraction=args.validation_fraction,
+        max_file_seconds=args.max_file_seconds,
     )
     print(json.dumps(summary, indent=2))
