@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 from audio_folder import write_audio_folder
@@ -20,7 +21,7 @@ def test_demo_trains_both_models_on_both_domains_and_prints_the_table(tmp_path, 
     tiny = {
         key: value
         for key, value in tiny_config().to_diff_dict().items()
-        if key in tiny_config().__init__.__code__.co_varnames and key != "use_spectrogram"
+        if key in tiny_config().__init__.__code__.co_varnames and key not in ("use_spectrogram", "use_mel_head")
     }
     result = run_demo(
         tmp_path / "demo",
@@ -45,12 +46,54 @@ def test_demo_trains_both_models_on_both_domains_and_prints_the_table(tmp_path, 
         assert row["steps"] >= 10 and 0 < row["nll"] < 10 and 0 <= row["accuracy"] <= 1
         assert row["model"] in printed and f"{row['nll']:.3f}" in printed
         model = WhisperGPTForCausalLM.from_pretrained(row["model_dir"])
-        assert sum(p.numel() for p in model.parameters()) == row["params"]
-        assert model.config.use_spectrogram == row["model"].startswith("Whisper-GPT")
+        hybrid = row["model"].startswith("Whisper-GPT")
+        assert sum(p.numel() for p in model.parameters()) == row["params"] + row["mel_head_params"]
+        assert model.config.use_spectrogram == hybrid
+        # The hybrid learns the mel head (so its continuation can be heard); GPT-S stays the paper's preset.
+        assert model.config.use_mel_head == hybrid and (row["mel_head_params"] > 0) == hybrid
         assert (Path(row["model_dir"]) / "README.md").is_file()
     assert "2.52" in printed and "38.47%" in printed  # the paper's music hybrid numbers beside ours
+    assert "* plus a mel head" in result["table"]
     saved = json.loads((tmp_path / "demo" / "results.json").read_text())
     assert saved["table"] == result["table"] and saved["timings_seconds"]["total"] > 0
     for domain in ("speech", "music"):
         assert (tmp_path / "demo" / f"continuation-{domain}.wav").stat().st_size > 0
         assert (tmp_path / "demo" / f"continuation-{domain}.png").read_bytes()[:4] == b"\x89PNG"
+        # The untrained local codec's decoder would make noise: "auto" uses the mel head and Griffin-Lim.
+        continuation = saved["continuations"][domain]
+        assert (continuation["mel_source"], continuation["renderer"]) == ("learned", "mel")
+        assert f"{domain} continuation" in printed and "Griffin-Lim" in printed
+        described = continuation["description"]
+        for key in ("spectral_flatness", "energy_std_db"):
+            assert set(described[key]) == {"continuation", "rendered_prompt", "corpus", "white_noise"}
+        assert set(described["mel_l1_db"]) == {"continuation", "rendered_prompt", "white_noise"}
+        numbers = [
+            value for key in ("spectral_flatness", "energy_std_db", "mel_l1_db") for value in described[key].values()
+        ]
+        assert all(math.isfinite(value) for value in numbers)
+        assert described["generated_seconds"] > 0 and described["reference_seconds"] > 0
+    assert "## Continuations" in (tmp_path / "demo" / "results.md").read_text()
+
+
+def test_describe_continuation_tells_corpus_like_audio_from_noise(tmp_path):
+    import numpy as np
+    import soundfile as sf
+    from conftest import real_like_audio
+
+    from whisper_gpt import WhisperGPTFeatureExtractor
+    from whisper_gpt.demo import describe_continuation
+
+    references = []
+    for seed in range(3):
+        references.append(tmp_path / f"{seed}.wav")
+        sf.write(str(references[-1]), real_like_audio(2.0, seed=seed), 24000)
+    prompt = real_like_audio(1.0, seed=7)
+    like_corpus = np.concatenate([prompt, real_like_audio(1.0, seed=8)])
+    noise = np.concatenate([prompt, 0.1 * np.random.default_rng(0).standard_normal(24000).astype(np.float32)])
+    extractor = WhisperGPTFeatureExtractor()
+    good = describe_continuation(like_corpus, 24000, 75, references, extractor)
+    bad = describe_continuation(noise, 24000, 75, references, extractor)
+    assert good["mel_l1_db"]["continuation"] < good["mel_l1_db"]["white_noise"] / 2
+    assert bad["mel_l1_db"]["continuation"] > good["mel_l1_db"]["continuation"] * 2
+    assert good["spectral_flatness"]["continuation"] < 0.2 < 0.5 < bad["spectral_flatness"]["continuation"]
+    assert good["spectral_flatness"]["white_noise"] > 0.5 and good["reference_seconds"] == 6.0
