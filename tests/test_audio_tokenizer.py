@@ -212,6 +212,27 @@ def test_decode_shapes(tokenizer, num_codes):
     assert tokenizer.decode(codes[0, :num_codes].numpy()).shape == (1, codes.shape[-1] * HOP)
 
 
+@pytest.mark.parametrize("lstm_layers", [1, 2])
+def test_streaming_decoder_equals_decoding_all_codes(lstm_layers):
+    tokenizer = build_tokenizer(num_lstm_layers=lstm_layers, hidden_size=48)
+    codes = torch.randint(0, 1024, (2, 8, 40), generator=torch.Generator().manual_seed(lstm_layers))
+    full = tokenizer.decode(codes)
+    stream = tokenizer.streaming_decoder()
+    pieces = [stream.start(codes[..., :12])]
+    pieces += [stream.step(codes[..., t : t + 1]) for t in range(12, 20)]  # one frame per step
+    pieces += [stream.step(codes[..., 20:31]), stream.step(codes[..., 31:])]  # several frames per step
+    assert [piece.shape[-1] for piece in pieces] == [12 * HOP] + [HOP] * 8 + [11 * HOP, 9 * HOP]
+    torch.testing.assert_close(torch.cat(pieces, dim=-1), full, rtol=0.0, atol=1e-6 * float(full.abs().max()))
+    # Starting from the last frames only: the convolutions see all they need, the LSTM starts later.
+    windowed = stream.start(codes[..., :30], context_frames=5)
+    assert windowed.shape == (2, 5 * HOP)
+    assert torch.isfinite(windowed).all()
+    with pytest.raises(ValueError, match="start"):
+        tokenizer.streaming_decoder().step(codes[..., :1])
+    with pytest.raises(ValueError, match="codes range"):
+        stream.step(torch.full((2, 8, 1), 1024))
+
+
 @pytest.mark.parametrize("frame", [0, 2, 5, 40])
 def test_decoded_audio_does_not_see_later_codes(tokenizer, frame):
     codes = tokenizer.encode(synthetic_audio(1.0, seed=8), SR)

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from conftest import TINY_CODEBOOK_SIZE, TINY_MEL_BINS, tiny_config
 from transformers import AutoModelForCausalLM
+from transformers.cache_utils import DynamicCache
 
 from whisper_gpt import WhisperGPTConfig, WhisperGPTForCausalLM
 
@@ -154,6 +155,18 @@ def test_kv_cache_decoding_matches_full_forward(num_codebooks: int) -> None:
     if num_codebooks == 1:
         step_logits = model.frame_logits(torch.cat(states, dim=1))
         torch.testing.assert_close(step_logits, full.logits, atol=1e-5, rtol=0)
+
+
+def test_depth_decoder_steps_with_a_cache_match_its_teacher_forced_forward() -> None:
+    torch.manual_seed(0)
+    depth = WhisperGPTForCausalLM(tiny_config(num_codebooks=4)).eval().depth_decoder
+    frame_states = torch.randn(3, depth.in_proj.in_features)
+    codes = torch.randint(0, TINY_CODEBOOK_SIZE, (3, 3))
+    with torch.no_grad():
+        expected = depth(frame_states, codes)  # (3, 4, V): all codebooks at once, as in training
+        cache, projected = DynamicCache(), depth.in_proj(frame_states)
+        stepped = [depth.step(projected, codes[:, k - 1] if k else None, k, cache) for k in range(4)]
+    torch.testing.assert_close(torch.stack(stepped, dim=1), expected, atol=1e-5, rtol=0)
 
 
 def test_cache_with_padding_mask_matches_full_forward() -> None:

@@ -122,9 +122,10 @@ class WhisperGPTAudioStreamer:
         play(chunk)
     ```
 
-    Each chunk is the newest part of decoding ALL codes so far (prompt included, for context). The codec's
-    decoding is causal, so a chunk never changes once emitted and the chunks concatenate to the continuation
-    part of decoding the final codes in one go. ``skip_prompt=False`` also emits the prompt's audio first.
+    Chunks come from the codec's streaming decoder (`WhisperGPTAudioTokenizer.streaming_decoder`), started on
+    the whole prompt, so each new frame is decoded once with all the context before it: the chunks concatenate
+    to the continuation part of decoding the final codes in one go (to float rounding). ``skip_prompt=False``
+    also emits the prompt's audio first.
     Batch size 1 only, as transformers' streamers. ``on_chunk`` is called with each chunk as well.
     """
 
@@ -144,24 +145,21 @@ class WhisperGPTAudioStreamer:
         self.timeout = timeout
         self.on_chunk = on_chunk
         self._chunks: queue.Queue = queue.Queue()
-        self._codes: torch.Tensor | None = None
-        self._emitted_frames = 0
-        self._pending = 0
+        self._decoder = None
+        self._pending: list[torch.Tensor] = []
 
     def put(self, codes: torch.Tensor) -> None:
         """First call: the prompt's codes (1, K, T); then each new frame (1, K, 1)."""
         if codes.shape[0] != 1:
             raise ValueError("WhisperGPTAudioStreamer streams one sequence: use batch size 1 and one return sequence.")
-        if self._codes is None:
-            self._codes = codes
-            if self.skip_prompt:
-                self._emitted_frames = codes.shape[-1]
-            else:
-                self._flush()
+        if self._decoder is None:
+            self._decoder = self.audio_tokenizer.streaming_decoder()
+            prompt_audio = self._decoder.start(codes)
+            if not self.skip_prompt:
+                self._emit(prompt_audio)
             return
-        self._codes = torch.cat([self._codes, codes], dim=-1)
-        self._pending += codes.shape[-1]
-        if self._pending >= self.chunk_frames:
+        self._pending.append(codes)
+        if sum(pending.shape[-1] for pending in self._pending) >= self.chunk_frames:
             self._flush()
 
     def end(self) -> None:
@@ -169,14 +167,15 @@ class WhisperGPTAudioStreamer:
         self._chunks.put(None)
 
     def _flush(self) -> None:
-        total = self._codes.shape[-1]
-        if total > self._emitted_frames:
-            audio = self.audio_tokenizer.decode(self._codes)[0].cpu().numpy().astype(np.float32)
-            chunk = audio[self._emitted_frames * self.audio_tokenizer.hop_length :]
-            self._emitted_frames, self._pending = total, 0
-            if self.on_chunk is not None:
-                self.on_chunk(chunk)
-            self._chunks.put(chunk)
+        if self._pending:
+            self._emit(self._decoder.step(torch.cat(self._pending, dim=-1)))
+            self._pending = []
+
+    def _emit(self, audio: torch.Tensor) -> None:
+        chunk = audio[0].cpu().numpy().astype(np.float32)
+        if self.on_chunk is not None:
+            self.on_chunk(chunk)
+        self._chunks.put(chunk)
 
     def __iter__(self) -> WhisperGPTAudioStreamer:
         return self

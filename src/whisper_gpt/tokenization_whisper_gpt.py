@@ -32,8 +32,14 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from transformers import EncodecConfig, EncodecModel
-from transformers.models.encodec.modeling_encodec import EncodecLSTM
+from transformers.models.encodec.modeling_encodec import (
+    EncodecConv1d,
+    EncodecConvTranspose1d,
+    EncodecLSTM,
+    EncodecResnetBlock,
+)
 from transformers.utils import cached_file, logging
 
 from .feature_extraction_whisper_gpt import normalize_audio_batch, num_frames
@@ -51,6 +57,8 @@ _DISTANCE_ROWS = 16_384
 _KMEANS_SETTLED = 1e-3
 # Clips encoded together while collecting calibration frames.
 _CALIBRATION_BATCH = 8
+# Up to this many input frames a transposed convolution runs as matmul + overlap-add (see _conv_transpose1d).
+_FOLD_MAX_FRAMES = 8
 # Arguments of `EncodecModel.from_pretrained` that also locate `audio_tokenizer_config.json`.
 _FILE_LOOKUP_KWARGS = (
     "cache_dir",
@@ -551,6 +559,15 @@ class WhisperGPTAudioTokenizer:
                 self._silence_cache[key] = self._quantize(self._embed(silence)[0]).clone()
         return self._silence_cache[key]
 
+    def streaming_decoder(self) -> EncodecStreamingDecoder:
+        """A decoder that turns codes into audio a few frames at a time, keeping each layer's state.
+
+        ``stream.start(prompt_codes)`` returns the prompt's audio, then ``stream.step(new_codes)`` the audio of the
+        new frames; together they equal `decode` of all the codes (to float rounding). Generation with the codec
+        in the loop and `WhisperGPTAudioStreamer` use it, so each new frame costs one frame of decoding.
+        """
+        return EncodecStreamingDecoder(self)
+
     def _synthesize(self, codes: torch.Tensor) -> torch.Tensor:
         """(B, K, T) codes -> (B, T * hop) audio; convolutions after the decoder's LSTM run in chunks."""
         layers = list(self.codec.decoder.layers)
@@ -737,4 +754,150 @@ def _scale_weight(conv: torch.nn.Conv1d, factor: float) -> None:
         conv.weight.mul_(factor)
 
 
-__all__ = ["WhisperGPTAudioTokenizer", "small_encodec_config"]
+def _conv_transpose1d(inputs: torch.Tensor, weight: torch.Tensor, stride: int) -> torch.Tensor:
+    """``F.conv_transpose1d`` without bias, fast for the few frames of a streaming step.
+
+    On a handful of input frames torch's CPU kernel takes a slow path (10-13 ms at batch 1 for EnCodec's
+    512->256 kernel-16 layer); a matmul (B, T, C_in) @ (C_in, C_out * k) and an overlap-add (``F.fold``) take
+    ~0.5 ms. Longer inputs keep torch's kernel.
+    """
+    if inputs.shape[-1] > _FOLD_MAX_FRAMES:
+        return F.conv_transpose1d(inputs, weight, None, stride=stride)
+    channels_in, channels_out, kernel = weight.shape
+    batch_size, _, length = inputs.shape
+    columns = inputs.transpose(1, 2) @ weight.reshape(channels_in, channels_out * kernel)  # (B, T, C_out * k)
+    size = (length - 1) * stride + kernel
+    output = F.fold(
+        columns.transpose(1, 2).contiguous(), output_size=(1, size), kernel_size=(1, kernel), stride=(1, stride)
+    )
+    return output.view(batch_size, channels_out, size)
+
+
+class EncodecStreamingDecoder:
+    """Decodes EnCodec codes incrementally: each call decodes only the new frames.
+
+    Every layer of the SEANet decoder keeps exactly the left context it needs between calls: the LSTM its
+    (h, c), each convolution its last ``(kernel - 1) * dilation`` inputs, each transposed convolution the
+    ``kernel - stride`` output samples that the next frame overlaps. So decoding frame by frame computes every
+    output sample once, and the audio equals `WhisperGPTAudioTokenizer.decode` of all the codes up to float
+    rounding (both decode behind the tokenizer's silence prefix; only the first samples of that prefix see zero
+    instead of reflected left context, and they are dropped).
+
+    Get one from `WhisperGPTAudioTokenizer.streaming_decoder`. Supports the causal, weight-normalised EnCodec
+    (``facebook/encodec_24khz`` and `small_encodec_config`).
+    """
+
+    def __init__(self, tokenizer: WhisperGPTAudioTokenizer):
+        config = tokenizer.codec.config
+        if config.norm_type != "weight_norm" or config.trim_right_ratio != 1.0:
+            raise ValueError(
+                "Streaming decoding needs a causal EnCodec with weight normalisation and trim_right_ratio=1.0 "
+                f"(got norm_type={config.norm_type!r}, trim_right_ratio={config.trim_right_ratio}), as "
+                "facebook/encodec_24khz has."
+            )
+        self.tokenizer = tokenizer
+        self.codec = tokenizer.codec
+        self.hop_length = tokenizer.hop_length
+        self._state: dict[Any, Any] = {}
+        # Weight norm recomputes each weight on every access; the weights do not change during a stream.
+        self._weights: dict[torch.nn.Module, torch.Tensor] = {}
+
+    @torch.inference_mode()
+    def start(self, codes: torch.Tensor, context_frames: int | None = None) -> torch.FloatTensor:
+        """Begin a stream with ``codes`` (B, K, T); returns their audio (B, T' * hop), T' = min(T, context_frames).
+
+        ``context_frames`` decodes only the newest frames, so starting costs the same for any prompt length; the
+        codec's LSTM then starts from silence that many frames back instead of at the start of the prompt.
+        """
+        codes = self.tokenizer._check_codes(codes).to(self.tokenizer.device)
+        if context_frames is not None:
+            codes = codes[..., -context_frames:]
+        self._state, self._weights = {}, {}
+        silence = self.tokenizer._silence_codes()[: codes.shape[1]]
+        prefixed = torch.cat([silence[None].expand(codes.shape[0], -1, -1), codes], dim=-1)
+        return self._decode(prefixed)[:, silence.shape[-1] * self.hop_length :]
+
+    @torch.inference_mode()
+    def step(self, codes: torch.Tensor) -> torch.FloatTensor:
+        """Decode the next frames (B, K, n) of the stream; returns their audio (B, n * hop)."""
+        if not self._state:
+            raise ValueError("Call start(prompt_codes) before step(): the stream has no state yet.")
+        return self._decode(self.tokenizer._check_codes(codes).to(self.tokenizer.device))
+
+    def _decode(self, codes: torch.Tensor) -> torch.Tensor:
+        hidden = self.codec.quantizer.decode(codes.transpose(0, 1))  # (B, D, n)
+        for index, layer in enumerate(self.codec.decoder.layers):
+            hidden = self._run(layer, hidden, index)
+        return hidden[:, 0].float()
+
+    def _run(self, layer: torch.nn.Module, hidden: torch.Tensor, key: Any) -> torch.Tensor:
+        if isinstance(layer, EncodecConv1d):
+            return self._conv(layer, hidden, key)
+        if isinstance(layer, EncodecConvTranspose1d):
+            return self._conv_transpose(layer, hidden, key)
+        if isinstance(layer, EncodecLSTM):
+            return self._lstm(layer, hidden, key)
+        if isinstance(layer, EncodecResnetBlock):
+            residual = hidden
+            for index, sublayer in enumerate(layer.block):
+                hidden = self._run(sublayer, hidden, (key, index))
+            if isinstance(layer.shortcut, EncodecConv1d):
+                residual = self._conv(layer.shortcut, residual, (key, "shortcut"))
+            return residual + hidden
+        return layer(hidden)  # pointwise activations hold no state
+
+    def _weight(self, conv: torch.nn.Module) -> torch.Tensor:
+        if conv not in self._weights:
+            self._weights[conv] = conv.weight
+        return self._weights[conv]
+
+    def _conv(self, layer: EncodecConv1d, hidden: torch.Tensor, key: Any) -> torch.Tensor:
+        conv = layer.conv
+        context = (conv.kernel_size[0] - 1) * conv.dilation[0]
+        if context:
+            previous = self._state.get(key)
+            if previous is None:
+                previous = hidden.new_zeros(hidden.shape[0], hidden.shape[1], context)
+            hidden = torch.cat([previous, hidden], dim=-1)
+            self._state[key] = hidden[..., -context:]
+        # Unpadded: the inputs are exactly the receptive field (reflect-padded small inputs hit a slow kernel).
+        return F.conv1d(hidden, self._weight(conv), conv.bias, dilation=conv.dilation[0])
+
+    def _conv_transpose(self, layer: EncodecConvTranspose1d, hidden: torch.Tensor, key: Any) -> torch.Tensor:
+        conv = layer.conv
+        stride = conv.stride[0]
+        output = _conv_transpose1d(hidden, self._weight(conv), stride)  # (B, C, (n - 1) * stride + kernel)
+        overlap = self._state.get(key)
+        if overlap is not None:
+            output[..., : overlap.shape[-1]] += overlap
+        ready = hidden.shape[-1] * stride
+        self._state[key] = output[..., ready:]  # what the next frame completes (the causal trim)
+        return output[..., :ready] + conv.bias[:, None]
+
+    def _lstm(self, layer: EncodecLSTM, hidden: torch.Tensor, key: Any) -> torch.Tensor:
+        lstm = layer.lstm
+        sequence = hidden.permute(2, 0, 1)  # (n, B, C)
+        state = self._state.get(key)
+        if sequence.shape[0] == 1 and state is not None:
+            # One frame: torch.lstm_cell per layer is ~3.5x faster than nn.LSTM (which re-packs its weights).
+            h, c = state
+            inputs, hs, cs = sequence[0], [], []
+            for index in range(lstm.num_layers):
+                inputs, cell = torch.lstm_cell(
+                    inputs,
+                    (h[index], c[index]),
+                    getattr(lstm, f"weight_ih_l{index}"),
+                    getattr(lstm, f"weight_hh_l{index}"),
+                    getattr(lstm, f"bias_ih_l{index}"),
+                    getattr(lstm, f"bias_hh_l{index}"),
+                )
+                hs.append(inputs)
+                cs.append(cell)
+            output, state = inputs[None], (torch.stack(hs), torch.stack(cs))
+        else:
+            output, state = lstm(sequence, state)
+        self._state[key] = state
+        return (output + sequence).permute(1, 2, 0)
+
+
+__all__ = ["EncodecStreamingDecoder", "WhisperGPTAudioTokenizer", "small_encodec_config"]
