@@ -1,1 +1,0 @@
-"""Prototypes of proposed src changes and the scripts that measured them (see ../PROFILING.md)."""
