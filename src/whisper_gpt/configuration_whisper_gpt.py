@@ -25,9 +25,12 @@ class WhisperGPTConfig(PretrainedConfig):
         use_spectrogram (`bool`, True): the hybrid model. False gives the token-only baseline, which has no
             mel parameters and ignores ``input_features``.
         num_mel_bins (`int`, 80): mel bins of ``input_features``.
-        spectrogram_hidden_size (`int`, 96), spectrogram_layers (`int`, 2), spectrogram_num_heads (`int`, 4):
+        spectrogram_hidden_size (`int`, 96), spectrogram_layers (`int`, 2), spectrogram_num_heads (`int`, 2):
             width, depth and heads of the causal blocks over mel frames. ``spectrogram_layers=0`` feeds the
-            projected mel frames straight to the fusion.
+            projected mel frames straight to the fusion. Two heads of 48, not four of 24: the same parameters,
+            and attention over T frames costs per head, so four heads made the mel path cost as much attention
+            time as the decoder (training overhead over token-only 1.19x with 4 heads, 1.12x with 2, measured in
+            one run; benchmarks/PROFILING.md).
         fusion (`str`, "concat"): "concat" concatenates token and mel streams and projects them to
             ``hidden_size`` (the paper); "sum" adds a projection of the mel stream to the token embedding.
         hidden_size, num_hidden_layers, num_attention_heads, intermediate_size: the GPT decoder.
@@ -59,7 +62,7 @@ class WhisperGPTConfig(PretrainedConfig):
         num_mel_bins: int = 80,
         spectrogram_hidden_size: int = 96,
         spectrogram_layers: int = 2,
-        spectrogram_num_heads: int = 4,
+        spectrogram_num_heads: int = 2,
         fusion: str = "concat",
         hidden_size: int = 256,
         num_hidden_layers: int = 4,
