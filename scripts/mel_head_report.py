@@ -10,6 +10,9 @@ and times generation (seconds of audio per wall-clock second) with ``mel_source=
 
     whisper-gpt corpus speech runs/corpus/speech --minutes 3
     python scripts/mel_head_report.py --corpus runs/corpus/speech --out docs/mel_head_speech.json
+
+``--model DIR`` skips training and measures a model already trained with the head on that corpus (e.g. the
+speech hybrid that ``whisper-gpt demo`` leaves in ``runs/demo/models/speech-hybrid/final``).
 """
 
 from __future__ import annotations
@@ -89,10 +92,35 @@ def generation_speed(model, processor, clip: np.ndarray, new_frames: int, repeat
     }
 
 
+def train_with_mel_head(corpus: Path, work_dir: Path, steps: int) -> Path:
+    """Calibrate a codec on the corpus and train the paper hybrid with the mel head; returns the final folder."""
+    processor, _ = build_processor(audio_files(corpus, split="train"), bandwidth=6.0)
+    processor.save_pretrained(work_dir / "processor")
+    train(
+        TrainingConfig(
+            output_dir=str(work_dir / "model"),
+            train_data=str(corpus),
+            processor=str(work_dir / "processor"),
+            preset="paper_hybrid",
+            model_overrides={"use_mel_head": True},
+            max_frames=300,
+            batch_size=8,
+            warmup_steps=steps // 10,
+            max_steps=steps,
+            eval_every=steps,
+            save_every=steps,
+            report_to="none",
+            progress=False,
+        )
+    )
+    return work_dir / "model" / "final"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--corpus", type=Path, required=True, help="a corpus built by `whisper-gpt corpus`")
     parser.add_argument("--work-dir", type=Path, default=Path("runs/mel_head"))
+    parser.add_argument("--model", type=Path, help="measure this trained model and its processor; no training")
     parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--heldout-seconds", type=float, default=60.0)
     parser.add_argument("--new-frames", type=int, default=150)
@@ -102,38 +130,21 @@ def main() -> None:
     torch.set_flush_denormal(True)
     started = time.perf_counter()
 
-    processor, _ = build_processor(audio_files(args.corpus, split="train"), bandwidth=6.0)
-    processor.save_pretrained(args.work_dir / "processor")
-    summary = train(
-        TrainingConfig(
-            output_dir=str(args.work_dir / "model"),
-            train_data=str(args.corpus),
-            processor=str(args.work_dir / "processor"),
-            preset="paper_hybrid",
-            model_overrides={"use_mel_head": True},
-            max_frames=300,
-            batch_size=8,
-            warmup_steps=args.steps // 10,
-            max_steps=args.steps,
-            eval_every=args.steps,
-            save_every=args.steps,
-            report_to="none",
-            progress=False,
-        )
-    )
-    final = args.work_dir / "model" / "final"
+    final = args.model or train_with_mel_head(args.corpus, args.work_dir, args.steps)
+    # `train` writes its summary next to the final folder (also for the demo's models).
+    summary_file = final.parent / "training_summary.json"
+    training = json.loads(summary_file.read_text()) if summary_file.is_file() else None
     model = WhisperGPTForCausalLM.from_pretrained(final).eval()
+    if not model.config.use_mel_head:
+        raise ValueError(f"{final} has no mel head (use_mel_head=False); train one with use_mel_head=True.")
     processor = WhisperGPTProcessor.from_pretrained(final)
     clips = heldout_clips(args.corpus, args.heldout_seconds)
     report = {
         "command": "python scripts/mel_head_report.py "
         + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v is not None),
         "corpus": str(args.corpus),
-        "training_steps": args.steps,
-        "validation_metrics": {
-            key: summary["validation"][key] for key in ("nll", "accuracy", "perplexity", "codebook_0")
-        },
-        "training_seconds": summary["seconds"],
+        "model": str(final),
+        "training": training,
         "heldout_mel_l1": mel_errors(model, processor, clips),
         "generation": generation_speed(model, processor, np.concatenate(clips), args.new_frames, repeats=3),
         "codec": "small_encodec_config() (random weights, k-means codebooks; decoder not trained)",
