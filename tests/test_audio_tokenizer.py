@@ -215,20 +215,38 @@ def test_decode_shapes(tokenizer, num_codes):
 @pytest.mark.parametrize("lstm_layers", [1, 2])
 def test_streaming_decoder_equals_decoding_all_codes(lstm_layers):
     tokenizer = build_tokenizer(num_lstm_layers=lstm_layers, hidden_size=48)
+    with torch.no_grad():  # codebooks that make every code sound different (a fresh codec's are all zero)
+        for layer in tokenizer.codec.quantizer.layers:
+            layer.codebook.embed.normal_(generator=torch.Generator().manual_seed(7))
     codes = torch.randint(0, 1024, (2, 8, 40), generator=torch.Generator().manual_seed(lstm_layers))
     full = tokenizer.decode(codes)
+    assert not torch.allclose(full, tokenizer.decode(torch.zeros_like(codes)), atol=1e-3)
     stream = tokenizer.streaming_decoder()
     pieces = [stream.start(codes[..., :12])]
     pieces += [stream.step(codes[..., t : t + 1]) for t in range(12, 20)]  # one frame per step
     pieces += [stream.step(codes[..., 20:31]), stream.step(codes[..., 31:])]  # several frames per step
     assert [piece.shape[-1] for piece in pieces] == [12 * HOP] + [HOP] * 8 + [11 * HOP, 9 * HOP]
-    torch.testing.assert_close(torch.cat(pieces, dim=-1), full, rtol=0.0, atol=1e-6 * float(full.abs().max()))
+    scale = float(full.abs().max())
+    torch.testing.assert_close(torch.cat(pieces, dim=-1), full, rtol=0.0, atol=1e-6 * scale)
     # Starting from the last frames only: the convolutions see all they need, the LSTM starts later.
     windowed = stream.start(codes[..., :30], context_frames=5)
     assert windowed.shape == (2, 5 * HOP)
     assert torch.isfinite(windowed).all()
+    assert stream.step(codes[..., :0]).shape == (2, 0)
     with pytest.raises(ValueError, match="start"):
         tokenizer.streaming_decoder().step(codes[..., :1])
+    with pytest.raises(ValueError, match="batch size 2"):
+        stream.step(codes[:1, :, :1])
+    with pytest.raises(ValueError, match="at least 1"):
+        stream.start(codes, context_frames=0)
+    # Streams started apart (prompts of different lengths) go on as one batch.
+    first, second = tokenizer.streaming_decoder(), tokenizer.streaming_decoder()
+    first.start(codes[:1, :, :12]), second.start(codes[1:, :, 5:12])
+    joined = first.concatenate([first, second]).step(codes[..., 12:15])
+    torch.testing.assert_close(joined[:1], full[:1, 12 * HOP : 15 * HOP], rtol=0.0, atol=1e-6 * scale)
+    torch.testing.assert_close(
+        joined[1:], tokenizer.decode(codes[1:, :, 5:15])[:, 7 * HOP :], rtol=0.0, atol=1e-6 * scale
+    )
     with pytest.raises(ValueError, match="codes range"):
         stream.step(torch.full((2, 8, 1), 1024))
 

@@ -62,8 +62,11 @@ def test_batched_prompts_of_different_lengths_match_each_alone(tiny_processor):
     assert out.attention_mask.sum(-1).tolist() == (lengths + 8).tolist()
     for index, seconds in enumerate((0.3, 0.12)):
         alone = tiny_processor(audio=real_like_audio(seconds, seed=index), sampling_rate=24000)
-        codes = generate(model, tiny_processor, alone, max_new_tokens=8)
-        torch.testing.assert_close(out.sequences[index, :, : lengths[index] + 8], codes[0])
+        single = generate(model, tiny_processor, alone, max_new_tokens=8, return_dict_in_generate=True)
+        end = lengths[index] + 8
+        torch.testing.assert_close(out.sequences[index, :, :end], single.sequences[0])
+        # The mel frames of the generated audio too: the padding of the shorter prompt is never decoded.
+        torch.testing.assert_close(out.input_features[index, :end], single.input_features[0], atol=1e-5, rtol=0)
 
 
 def test_generated_mel_frames_are_the_feature_extractor_on_decoded_codes(tiny_processor):

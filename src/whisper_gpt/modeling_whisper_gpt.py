@@ -713,7 +713,9 @@ class WhisperGPTForCausalLM(WhisperGPTPreTrainedModel, GenerationMixin):
         state = _GenerationState(codes, input_features, mask)
         codec_mel = None
         if mel_source == "codec":
-            codec_mel = _CodecMelFrames(audio_tokenizer, feature_extractor, state.codes, mel_window_frames)
+            if mel_window_frames < 1:
+                raise ValueError(f"mel_window_frames must be at least 1, got {mel_window_frames}.")
+            codec_mel = _CodecMelFrames(audio_tokenizer, feature_extractor, state.codes, state.mask, mel_window_frames)
         if streamer is not None:
             if codes.shape[0] != 1:
                 raise ValueError("A streamer follows one sequence: use batch size 1 and num_return_sequences=1.")
@@ -748,11 +750,9 @@ class WhisperGPTForCausalLM(WhisperGPTPreTrainedModel, GenerationMixin):
                 frame_state = out.last_hidden_state[:, -1]
         if streamer is not None:
             streamer.end()
-        sequences, out_mask = state.right_aligned(lengths.repeat_interleave(repeats), config.max_new_tokens)
+        sequences, out_mask, features = state.right_aligned(lengths.repeat_interleave(repeats), config.max_new_tokens)
         if return_dict_in_generate:
-            return WhisperGPTGenerateOutput(
-                sequences=sequences, attention_mask=out_mask, input_features=state.all_features
-            )
+            return WhisperGPTGenerateOutput(sequences=sequences, attention_mask=out_mask, input_features=features)
         return sequences
 
     def _generation_config(self, generation_config: GenerationConfig | None, kwargs: dict) -> GenerationConfig:
@@ -837,7 +837,7 @@ class WhisperGPTForCausalLM(WhisperGPTPreTrainedModel, GenerationMixin):
 @dataclass
 class WhisperGPTGenerateOutput(ModelOutput):
     """sequences (B, K, T + N) codes; attention_mask (B, T + N) real frames; input_features (B, T + N, M) the mel
-    frames the hybrid model read (prompt frames, then frames computed from generated audio)."""
+    frames the hybrid model read (prompt frames, then frames computed from generated audio); all right-padded."""
 
     sequences: torch.LongTensor | None = None
     attention_mask: torch.LongTensor | None = None
@@ -866,14 +866,25 @@ class _CodecMelFrames:
         audio_tokenizer: Any,
         feature_extractor: WhisperGPTFeatureExtractor,
         prompt_codes: torch.Tensor,
+        prompt_mask: torch.Tensor,
         window: int,
     ):
-        self.decoder = audio_tokenizer.streaming_decoder()
+        """prompt_codes (B, K, T) left-padded, prompt_mask (B, T) marks their real frames."""
         self.feature_extractor = feature_extractor
         # Whole hops covering n_fft samples, so the last frame's window ends exactly at the newest sample.
         hop = feature_extractor.hop_length
         self.samples_needed = math.ceil(feature_extractor.n_fft / hop) * hop
-        self.audio = self.decoder.start(prompt_codes, context_frames=window)[:, -self.samples_needed :]
+        # Each prompt starts its own stream on its real frames (padding decoded as audio would linger in the
+        # codec's LSTM); the streams then go on as one batch.
+        streams, tails = [], []
+        for row, length in enumerate(prompt_mask.sum(-1).tolist()):
+            stream = audio_tokenizer.streaming_decoder()
+            audio = stream.start(prompt_codes[row : row + 1, :, -length:], context_frames=window)
+            streams.append(stream)
+            # Zeros before a short prompt's start are what the feature extractor pads with too.
+            tails.append(F.pad(audio, (max(0, self.samples_needed - audio.shape[-1]), 0))[:, -self.samples_needed :])
+        self.decoder = streams[0].concatenate(streams)
+        self.audio = torch.cat(tails)
 
     def next_frame(self, new_codes: torch.Tensor) -> torch.Tensor:
         """New codes (B, K) -> their mel frame (B, 1, M)."""
@@ -924,21 +935,23 @@ class _GenerationState:
         if self.features is not None:
             self.features = self.features[:, -keep:]
 
-    @property
-    def all_features(self) -> torch.Tensor | None:
-        if self.prompt_features is None:
-            return None
-        return torch.cat([self.prompt_features, *self.generated_features], dim=1)
-
-    def right_aligned(self, lengths: torch.Tensor, new_frames: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Prompt (left-padded) + generated frames -> (B, K, T + N) right-padded codes and mask."""
+    def right_aligned(
+        self, lengths: torch.Tensor, new_frames: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Prompt (left-padded) + generated frames -> right-padded codes (B, K, T + N), mask (B, T + N) and, for
+        the hybrid model, mel frames (B, T + N, M), as the processor pads."""
         generated = torch.stack(self.generated, dim=-1)  # (B, K, N)
         full = torch.cat([self.prompt_codes, generated], dim=-1)
         total = full.shape[-1]
         shift = (total - (lengths + new_frames)).tolist()
         sequences = torch.stack([torch.roll(full[i], -shift[i], dims=-1) for i in range(full.shape[0])])
         mask = (torch.arange(total)[None, :] < (lengths + new_frames)[:, None]).long()
-        return sequences * mask[:, None], mask
+        features = None
+        if self.prompt_features is not None:
+            features = torch.cat([self.prompt_features, *self.generated_features], dim=1)  # (B, T + N, M)
+            features = torch.stack([torch.roll(features[i], -shift[i], dims=0) for i in range(full.shape[0])])
+            features = features * mask[:, :, None].to(features.dtype)
+        return sequences * mask[:, None], mask, features
 
 
 __all__ = [

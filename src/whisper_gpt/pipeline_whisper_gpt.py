@@ -153,6 +153,7 @@ class WhisperGPTAudioStreamer:
         if codes.shape[0] != 1:
             raise ValueError("WhisperGPTAudioStreamer streams one sequence: use batch size 1 and one return sequence.")
         if self._decoder is None:
+            self.audio_tokenizer.warn_if_decoder_untrained()
             self._decoder = self.audio_tokenizer.streaming_decoder()
             prompt_audio = self._decoder.start(codes)
             if not self.skip_prompt:
@@ -164,6 +165,7 @@ class WhisperGPTAudioStreamer:
 
     def end(self) -> None:
         self._flush()
+        self._decoder = None  # a later generate() call starts a new stream
         self._chunks.put(None)
 
     def _flush(self) -> None:

@@ -500,11 +500,7 @@ class WhisperGPTAudioTokenizer:
             tensor. Decoded sample ``s`` depends only on frames ``<= s // hop``.
         """
         codes = self._check_codes(codes)
-        if not self.decoder_trained:
-            logger.warning_once(
-                "This codec's decoder was never trained (a locally built EnCodec): decoded audio is not "
-                "listenable. Load a trained codec such as facebook/encodec_24khz to listen to codes."
-            )
+        self.warn_if_decoder_untrained()
         output_device = codes.device
         batch_size, num_codes, length = codes.shape
         if length == 0:
@@ -558,6 +554,14 @@ class WhisperGPTAudioTokenizer:
             with torch.no_grad():
                 self._silence_cache[key] = self._quantize(self._embed(silence)[0]).clone()
         return self._silence_cache[key]
+
+    def warn_if_decoder_untrained(self) -> None:
+        """Warn once when this codec's decoder is not trained, so its audio is not worth listening to."""
+        if not self.decoder_trained:
+            logger.warning_once(
+                "This codec's decoder was never trained (a locally built EnCodec): decoded audio is not "
+                "listenable. Load a trained codec such as facebook/encodec_24khz to listen to codes."
+            )
 
     def streaming_decoder(self) -> EncodecStreamingDecoder:
         """A decoder that turns codes into audio a few frames at a time, keeping each layer's state.
@@ -780,25 +784,28 @@ class EncodecStreamingDecoder:
     (h, c), each convolution its last ``(kernel - 1) * dilation`` inputs, each transposed convolution the
     ``kernel - stride`` output samples that the next frame overlaps. So decoding frame by frame computes every
     output sample once, and the audio equals `WhisperGPTAudioTokenizer.decode` of all the codes up to float
-    rounding (both decode behind the tokenizer's silence prefix; only the first samples of that prefix see zero
-    instead of reflected left context, and they are dropped).
+    rounding: both decode behind the tokenizer's silence prefix, and on its first call each convolution
+    reflect-pads its left context as EnCodec does.
 
     Get one from `WhisperGPTAudioTokenizer.streaming_decoder`. Supports the causal, weight-normalised EnCodec
-    (``facebook/encodec_24khz`` and `small_encodec_config`).
+    (``facebook/encodec_24khz`` and `small_encodec_config`). Audio comes back on the codec's device.
     """
 
     def __init__(self, tokenizer: WhisperGPTAudioTokenizer):
         config = tokenizer.codec.config
-        if config.norm_type != "weight_norm" or config.trim_right_ratio != 1.0:
+        convolutions = [layer for layer in tokenizer.codec.decoder.modules() if isinstance(layer, EncodecConv1d)]
+        strided = any(layer.conv.stride[0] > 1 for layer in convolutions)
+        if config.norm_type != "weight_norm" or config.trim_right_ratio != 1.0 or strided:
             raise ValueError(
-                "Streaming decoding needs a causal EnCodec with weight normalisation and trim_right_ratio=1.0 "
-                f"(got norm_type={config.norm_type!r}, trim_right_ratio={config.trim_right_ratio}), as "
-                "facebook/encodec_24khz has."
+                "Streaming decoding needs a causal EnCodec with weight normalisation, trim_right_ratio=1.0 and "
+                f"unstrided decoder convolutions (got norm_type={config.norm_type!r}, trim_right_ratio="
+                f"{config.trim_right_ratio}), as facebook/encodec_24khz has."
             )
         self.tokenizer = tokenizer
         self.codec = tokenizer.codec
         self.hop_length = tokenizer.hop_length
         self._state: dict[Any, Any] = {}
+        self._shape: tuple[int, int] | None = None  # (batch, codebooks) of the stream
         # Weight norm recomputes each weight on every access; the weights do not change during a stream.
         self._weights: dict[torch.nn.Module, torch.Tensor] = {}
 
@@ -807,22 +814,53 @@ class EncodecStreamingDecoder:
         """Begin a stream with ``codes`` (B, K, T); returns their audio (B, T' * hop), T' = min(T, context_frames).
 
         ``context_frames`` decodes only the newest frames, so starting costs the same for any prompt length; the
-        codec's LSTM then starts from silence that many frames back instead of at the start of the prompt.
+        codec's LSTM then starts from silence that many frames back instead of at the start of the prompt. Long
+        prompts are decoded in passes of ``max_seconds_per_pass`` (like `decode`), which changes nothing.
         """
         codes = self.tokenizer._check_codes(codes).to(self.tokenizer.device)
         if context_frames is not None:
+            if context_frames < 1:
+                raise ValueError(f"context_frames must be at least 1, got {context_frames}.")
             codes = codes[..., -context_frames:]
-        self._state, self._weights = {}, {}
+        self._state, self._weights, self._shape = {}, {}, (codes.shape[0], codes.shape[1])
         silence = self.tokenizer._silence_codes()[: codes.shape[1]]
         prefixed = torch.cat([silence[None].expand(codes.shape[0], -1, -1), codes], dim=-1)
-        return self._decode(prefixed)[:, silence.shape[-1] * self.hop_length :]
+        frames_per_pass = self.tokenizer._samples_per_pass() // (codes.shape[0] * self.hop_length)
+        pieces = prefixed.split(max(silence.shape[-1] + 1, frames_per_pass), dim=-1)
+        audio = torch.cat([self._decode(piece) for piece in pieces], dim=-1)
+        return audio[:, silence.shape[-1] * self.hop_length :]
 
     @torch.inference_mode()
     def step(self, codes: torch.Tensor) -> torch.FloatTensor:
         """Decode the next frames (B, K, n) of the stream; returns their audio (B, n * hop)."""
-        if not self._state:
+        if self._shape is None:
             raise ValueError("Call start(prompt_codes) before step(): the stream has no state yet.")
-        return self._decode(self.tokenizer._check_codes(codes).to(self.tokenizer.device))
+        codes = self.tokenizer._check_codes(codes).to(self.tokenizer.device)
+        if (codes.shape[0], codes.shape[1]) != self._shape:
+            raise ValueError(
+                f"The stream was started with batch size {self._shape[0]} and {self._shape[1]} codebooks; got "
+                f"codes of shape {tuple(codes.shape)}."
+            )
+        if codes.shape[-1] == 0:
+            return torch.zeros(codes.shape[0], 0, device=codes.device)
+        return self._decode(codes)
+
+    @classmethod
+    def concatenate(cls, streams: Sequence[EncodecStreamingDecoder]) -> EncodecStreamingDecoder:
+        """One stream over the batches of ``streams`` in order, e.g. prompts of different lengths started apart."""
+        if not streams or any(stream._shape is None for stream in streams):
+            raise ValueError("concatenate() needs one or more started streams.")
+        if len({stream._shape[1] for stream in streams}) != 1 or len({id(s.codec) for s in streams}) != 1:
+            raise ValueError("Only streams of the same codec and number of codebooks can be concatenated.")
+        merged = cls(streams[0].tokenizer)
+        merged._shape = (sum(stream._shape[0] for stream in streams), streams[0]._shape[1])
+        for key, value in streams[0]._state.items():
+            parts = [stream._state[key] for stream in streams]
+            if isinstance(value, tuple):  # the LSTM's (h, c), batch on dim 1
+                merged._state[key] = tuple(torch.cat(tensors, dim=1) for tensors in zip(*parts, strict=True))
+            else:
+                merged._state[key] = torch.cat(parts, dim=0)
+        return merged
 
     def _decode(self, codes: torch.Tensor) -> torch.Tensor:
         hidden = self.codec.quantizer.decode(codes.transpose(0, 1))  # (B, D, n)
@@ -856,8 +894,8 @@ class EncodecStreamingDecoder:
         context = (conv.kernel_size[0] - 1) * conv.dilation[0]
         if context:
             previous = self._state.get(key)
-            if previous is None:
-                previous = hidden.new_zeros(hidden.shape[0], hidden.shape[1], context)
+            if previous is None:  # the start of the stream: pad as EnCodec does (reflect for the 24 kHz codec)
+                previous = layer._pad1d(hidden, (context, 0), mode=layer.pad_mode)[..., :context]
             hidden = torch.cat([previous, hidden], dim=-1)
             self._state[key] = hidden[..., -context:]
         # Unpadded: the inputs are exactly the receptive field (reflect-padded small inputs hit a slow kernel).
