@@ -51,6 +51,8 @@ def mel_errors(model: WhisperGPTForCausalLM, processor: WhisperGPTProcessor, cli
     extractor = processor.feature_extractor
     with torch.inference_mode():
         for clip in clips:
+            # At most the model's context (750 frames = 10 s) per clip.
+            clip = clip[: model.config.max_position_embeddings * model.config.hop_length]
             batch = processor(audio=clip, sampling_rate=24000)
             true = batch.input_features[0]  # (T, M)
             predicted = model(**batch).predicted_mel[0]
