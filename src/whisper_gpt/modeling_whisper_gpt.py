@@ -874,12 +874,14 @@ class _CodecMelFrames:
         # Whole hops covering n_fft samples, so the last frame's window ends exactly at the newest sample.
         hop = feature_extractor.hop_length
         self.samples_needed = math.ceil(feature_extractor.n_fft / hop) * hop
-        # Each prompt starts its own stream on its real frames (padding decoded as audio would linger in the
-        # codec's LSTM); the streams then go on as one batch.
+        # Prompts of different lengths start their own streams on their real frames (padding decoded as audio
+        # would linger in the codec's LSTM); the streams then go on as one batch.
+        lengths = prompt_mask.sum(-1).tolist()
+        groups = [slice(None)] if len(set(lengths)) == 1 else [slice(row, row + 1) for row in range(len(lengths))]
         streams, tails = [], []
-        for row, length in enumerate(prompt_mask.sum(-1).tolist()):
+        for rows in groups:
             stream = audio_tokenizer.streaming_decoder()
-            audio = stream.start(prompt_codes[row : row + 1, :, -length:], context_frames=window)
+            audio = stream.start(prompt_codes[rows, :, -lengths[rows][0] :], context_frames=window)
             streams.append(stream)
             # Zeros before a short prompt's start are what the feature extractor pads with too.
             tails.append(F.pad(audio, (max(0, self.samples_needed - audio.shape[-1]), 0))[:, -self.samples_needed :])
