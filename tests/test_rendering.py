@@ -115,11 +115,11 @@ def test_default_mel_source_follows_the_codec(tiny_processor) -> None:
     model = WhisperGPTForCausalLM(tiny_config(use_mel_head=True))
     untrained = tiny_processor.audio_tokenizer
     assert not untrained.decoder_trained  # a locally calibrated codec says its decoder is not for listening
-    assert model._resolve_mel_source(None, untrained) == "learned"
-    assert model._resolve_mel_source(None, None) == "learned"
-    assert WhisperGPTForCausalLM(tiny_config())._resolve_mel_source(None, untrained) == "codec"
+    assert model.resolve_mel_source(None, untrained) == "learned"
+    assert model.resolve_mel_source(None, None) == "learned"
+    assert WhisperGPTForCausalLM(tiny_config()).resolve_mel_source(None, untrained) == "codec"
     with pytest.raises(ValueError, match="use_mel_head"):
-        WhisperGPTForCausalLM(tiny_config())._resolve_mel_source("learned", untrained)
+        WhisperGPTForCausalLM(tiny_config()).resolve_mel_source("learned", untrained)
 
 
 def test_pipeline_renders_mel_frames_when_the_decoder_is_not_trained(tiny_processor) -> None:

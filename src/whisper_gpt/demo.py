@@ -169,7 +169,7 @@ def write_continuation(
     # What "auto" resolved to, by the same rules the command applied.
     model = WhisperGPTForCausalLM.from_pretrained(model_dir)
     processor = WhisperGPTProcessor.from_pretrained(model_dir)
-    chosen_source = model._resolve_mel_source(None if mel_source == "auto" else mel_source, processor.audio_tokenizer)
+    chosen_source = model.resolve_mel_source(None if mel_source == "auto" else mel_source, processor.audio_tokenizer)
     renderer = processor.resolve_renderer(render, chosen_source is not None)
     return {
         "wav": str(wav),

@@ -690,7 +690,7 @@ class WhisperGPTForCausalLM(WhisperGPTPreTrainedModel, GenerationMixin):
         lengths = attention_mask.sum(-1).long() if attention_mask is not None else torch.full((batch_size,), length)
         if bool((lengths < 1).any()):
             raise ValueError("Every prompt needs at least one frame of audio; got an empty prompt.")
-        mel_source = self._resolve_mel_source(mel_source, audio_tokenizer)
+        mel_source = self.resolve_mel_source(mel_source, audio_tokenizer)
         if audio_tokenizer is not None:
             self.validate_audio_tokenizer(audio_tokenizer)
         if mel_source is None:
@@ -806,8 +806,9 @@ class WhisperGPTForCausalLM(WhisperGPTPreTrainedModel, GenerationMixin):
             picked.append(code)
         return torch.cat(picked, dim=1)
 
-    def _resolve_mel_source(self, mel_source: str | None, audio_tokenizer: Any) -> str | None:
-        """Where new mel frames come from: "codec" (decode the new codes), "learned" (the mel head) or None."""
+    def resolve_mel_source(self, mel_source: str | None, audio_tokenizer: Any) -> str | None:
+        """Where generate() takes new mel frames from for ``mel_source`` (None: the default) and this codec: "codec"
+        (decode the new codes), "learned" (the mel head) or None (a token-only model without a mel head)."""
         if mel_source is None:
             decoder_usable = audio_tokenizer is not None and getattr(audio_tokenizer, "decoder_trained", True)
             if self.config.use_mel_head and not decoder_usable:
