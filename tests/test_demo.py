@@ -51,7 +51,9 @@ def test_demo_trains_both_models_on_both_domains_and_prints_the_table(tmp_path, 
         assert model.config.use_spectrogram == hybrid
         # The hybrid learns the mel head (so its continuation can be heard); GPT-S stays the paper's preset.
         assert model.config.use_mel_head == hybrid and (row["mel_head_params"] > 0) == hybrid
-        assert (Path(row["model_dir"]) / "README.md").is_file()
+        card = (Path(row["model_dir"]) / "README.md").read_text()
+        expected_row = f"| mel-from-codes head | yes ({row['mel_head_params']:,} of" if hybrid else "head | no |"
+        assert expected_row in card
     assert "2.52" in printed and "38.47%" in printed  # the paper's music hybrid numbers beside ours
     assert "* plus a mel head" in result["table"]
     saved = json.loads((tmp_path / "demo" / "results.json").read_text())

@@ -110,6 +110,8 @@ def test_model_card_content(trained):
     assert f"{results['nll']:.4f}" in text
     assert "whisper-gpt train audio out --preset custom" in text
     assert "not listenable" in text  # the locally built codec's decoder was never trained
+    assert "| mel-from-codes head | no |" in text
+    assert 'pipeline("audio-continuation"' in text
     assert "{{" not in text and "{%" not in text
 
 

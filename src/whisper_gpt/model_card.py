@@ -131,6 +131,12 @@ def build_model_card(
         max_position_embeddings=config.max_position_embeddings,
         context_seconds=f"{config.max_position_embeddings / config.frame_rate:.1f}",
         num_mel_bins=config.num_mel_bins,
+        mel_head=(
+            f"yes ({sum(p.numel() for p in model.mel_head.parameters()):,} of the parameters; generation can predict "
+            'new mel frames with it, `mel_source="learned"`)'
+            if config.use_mel_head
+            else "no"
+        ),
         repo_id=repo_id or "PATH_OR_REPO_ID",
         codec_note=codec_note,
         evaluation_rows=rows,
