@@ -16,6 +16,7 @@ from whisper_gpt.reproduce import (
     _flatten_batch,
     add_arguments,
     config_from_args,
+    main,
     plan_runs,
     run_reproduction,
 )
@@ -102,6 +103,12 @@ def test_markdown_and_figures(report):
     assert "pytest" in text and "| speech | token-only GPT-S |" in text and "Ablations" in text
     for name in ("validation_loss_speech.png", "validation_loss_music.png", "validation_loss_ablations.png"):
         assert (root / "docs" / "figures" / name).stat().st_size > 1000
+    # The report re-renders from results.json alone (which it leaves untouched), to the same text.
+    numbers = (root / "docs" / "results.json").read_text()
+    (root / "docs" / "results.md").unlink()
+    main(["--render-only", "--docs-dir", str(root / "docs")])
+    assert (root / "docs" / "results.md").read_text() == text
+    assert (root / "docs" / "results.json").read_text() == numbers
 
 
 def test_second_run_reuses_codec_and_encoded_data(report, tmp_path):
