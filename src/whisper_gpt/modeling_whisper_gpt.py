@@ -558,8 +558,6 @@ class WhisperGPTForCausalLM(WhisperGPTPreTrainedModel, GenerationMixin):
         if labels is not None:
             loss = self.next_frame_loss(logits, labels, attention_mask)
             if self.config.use_mel_head:
-                if predicted_mel is None:
-                    raise ValueError("The mel head learns from input_features: pass them with the labels.")
                 mel_loss = self.next_mel_loss(predicted_mel, input_features, attention_mask)
                 loss = loss + self.config.mel_loss_weight * mel_loss
         if return_dict is False:
@@ -578,9 +576,9 @@ class WhisperGPTForCausalLM(WhisperGPTPreTrainedModel, GenerationMixin):
         self, predicted_mel: torch.Tensor, input_features: torch.Tensor | None, attention_mask: torch.Tensor | None
     ) -> torch.Tensor:
         """Mean L1 between the prediction at t (B, T, M) and the true mel frame t+1, over real frames."""
-        length = predicted_mel.shape[1]
         if input_features is None:
             raise ValueError("The mel head learns from input_features: pass them with the labels.")
+        length = predicted_mel.shape[1]
         target = self.model._check_features(input_features, length)[:, 1:].to(predicted_mel.dtype)
         errors = (predicted_mel[:, :-1] - target).abs().mean(dim=-1)  # (B, T-1)
         if attention_mask is None:
@@ -849,13 +847,18 @@ def _left_align(
     codes: torch.Tensor, features: torch.Tensor | None, lengths: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
     """Right-padded prompts -> left-padded ones, so every prompt's newest frame is the last column."""
-    batch_size, _, length = codes.shape
+    length = codes.shape[-1]
     shift = (length - lengths).tolist()
-    codes = torch.stack([torch.roll(codes[i], shift[i], dims=-1) for i in range(batch_size)])
+    codes = _roll_rows(codes, shift, dim=-1)
     if features is not None:
-        features = torch.stack([torch.roll(features[i], shift[i], dims=0) for i in range(batch_size)])
+        features = _roll_rows(features, shift, dim=0)
     mask = (torch.arange(length)[None, :] >= torch.tensor(shift)[:, None]).long().to(codes.device)
     return codes * mask[:, None], features, mask
+
+
+def _roll_rows(batch: torch.Tensor, shifts: list[int], dim: int) -> torch.Tensor:
+    """Roll each row ``batch[i]`` by ``shifts[i]`` along its dimension ``dim`` (padding moves between ends)."""
+    return torch.stack([torch.roll(row, shift, dims=dim) for row, shift in zip(batch, shifts, strict=True)])
 
 
 class _CodecMelFrames:
@@ -947,13 +950,13 @@ class _GenerationState:
         full = torch.cat([self.prompt_codes, generated], dim=-1)
         total = full.shape[-1]
         shift = (total - (lengths + new_frames)).tolist()
-        sequences = torch.stack([torch.roll(full[i], -shift[i], dims=-1) for i in range(full.shape[0])])
+        back = [-value for value in shift]
+        sequences = _roll_rows(full, back, dim=-1)
         mask = (torch.arange(total)[None, :] < (lengths + new_frames)[:, None]).long()
         features = None
         if self.prompt_features is not None:
             features = torch.cat([self.prompt_features, *self.generated_features], dim=1)  # (B, T + N, M)
-            features = torch.stack([torch.roll(features[i], -shift[i], dims=0) for i in range(full.shape[0])])
-            features = features * mask[:, :, None].to(features.dtype)
+            features = _roll_rows(features, back, dim=0) * mask[:, :, None].to(features.dtype)
         return sequences * mask[:, None], mask, features
 
 
