@@ -502,13 +502,11 @@ class WhisperGPTAudioTokenizer:
         codes = self._check_codes(codes)
         self.warn_if_decoder_untrained()
         output_device = codes.device
-        batch_size, num_codes, length = codes.shape
+        batch_size, _, length = codes.shape
         if length == 0:
             return torch.zeros(batch_size, 0, device=output_device)
         with torch.inference_mode():
-            codes = codes.to(self.device)
-            silence = self._silence_codes()[:num_codes]
-            codes = torch.cat([silence[None].expand(batch_size, -1, -1), codes], dim=-1)
+            codes = self._behind_silence(codes.to(self.device))
             total = codes.shape[-1] * self.hop_length
             per_group = max(1, self._samples_per_pass() // total)
             audio = [self._synthesize(group) for group in codes.split(per_group)]
@@ -571,6 +569,15 @@ class WhisperGPTAudioTokenizer:
         in the loop and `WhisperGPTAudioStreamer` use it, so each new frame costs one frame of decoding.
         """
         return EncodecStreamingDecoder(self)
+
+    def _behind_silence(self, codes: torch.Tensor) -> torch.Tensor:
+        """(B, K, T) codes -> (B, K, silence_frames + T): the codes of `encode`'s silence prefix, then ``codes``.
+
+        Decoding behind it keeps decoded sample ``s`` from depending on anything after frame ``s // hop``; the
+        audio of the first ``silence_frames * hop`` samples is dropped afterwards.
+        """
+        silence = self._silence_codes()[: codes.shape[1]]
+        return torch.cat([silence[None].expand(codes.shape[0], -1, -1), codes], dim=-1)
 
     def _synthesize(self, codes: torch.Tensor) -> torch.Tensor:
         """(B, K, T) codes -> (B, T * hop) audio; convolutions after the decoder's LSTM run in chunks."""
@@ -823,12 +830,11 @@ class EncodecStreamingDecoder:
                 raise ValueError(f"context_frames must be at least 1, got {context_frames}.")
             codes = codes[..., -context_frames:]
         self._state, self._weights, self._shape = {}, {}, (codes.shape[0], codes.shape[1])
-        silence = self.tokenizer._silence_codes()[: codes.shape[1]]
-        prefixed = torch.cat([silence[None].expand(codes.shape[0], -1, -1), codes], dim=-1)
+        silence_frames = self.tokenizer.silence_frames
         frames_per_pass = self.tokenizer._samples_per_pass() // (codes.shape[0] * self.hop_length)
-        pieces = prefixed.split(max(silence.shape[-1] + 1, frames_per_pass), dim=-1)
+        pieces = self.tokenizer._behind_silence(codes).split(max(silence_frames + 1, frames_per_pass), dim=-1)
         audio = torch.cat([self._decode(piece) for piece in pieces], dim=-1)
-        return audio[:, silence.shape[-1] * self.hop_length :]
+        return audio[:, silence_frames * self.hop_length :]
 
     @torch.inference_mode()
     def step(self, codes: torch.Tensor) -> torch.FloatTensor:
