@@ -6,6 +6,7 @@ import argparse
 import importlib
 import json
 from collections.abc import Sequence
+from typing import Any
 
 PRESETS = {
     "paper_gpt_s": ("token-only GPT-S", 3.7e6),
@@ -69,7 +70,7 @@ class _ProgressStreamer:
         self._bar.close()
 
 
-def _generate(args: argparse.Namespace) -> None:
+def _generate(args: argparse.Namespace) -> dict[str, Any]:
     import soundfile
     import torch
 
@@ -84,11 +85,13 @@ def _generate(args: argparse.Namespace) -> None:
         audio=audio, sampling_rate=rate, mel_source=args.prompt_mel, mel_num_codebooks=model.config.num_codebooks
     )
     frames = max(1, round(args.seconds * model.config.frame_rate))
+    requested = None if args.mel_source == "auto" else args.mel_source
+    mel_source = model.resolve_mel_source(requested, processor.audio_tokenizer)
     output = model.generate(
         **batch,
         audio_tokenizer=processor.audio_tokenizer,
         feature_extractor=processor.feature_extractor,
-        mel_source=None if args.mel_source == "auto" else args.mel_source,
+        mel_source=mel_source,
         max_new_tokens=frames,
         do_sample=not args.greedy,
         temperature=args.temperature,
@@ -110,6 +113,7 @@ def _generate(args: argparse.Namespace) -> None:
 
         plot_continuation(wave, batch.input_ids.shape[-1], args.plot, processor.feature_extractor)
         print(f"wrote {args.plot}")
+    return {"mel_source": mel_source, "renderer": renderer, "new_frames": frames}
 
 
 def _add_generate_command(commands) -> None:
@@ -146,6 +150,12 @@ def _add_generate_command(commands) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    """The ``whisper-gpt`` console script."""
+    run(argv)
+
+
+def run(argv: Sequence[str] | None = None) -> Any:
+    """Run one ``whisper-gpt`` command; returns what its handler returns (e.g. `generate`'s choices)."""
     parser = argparse.ArgumentParser(prog="whisper-gpt", description="Whisper-GPT hybrid audio language model.")
     commands = parser.add_subparsers(dest="command", required=True)
     presets = commands.add_parser("presets", help="print the parameter counts of the paper's three models")
@@ -155,7 +165,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     for module in ("corpus", "data", "training", "evaluation", "model_card", "demo", "reproduce"):
         importlib.import_module(f"whisper_gpt.{module}").register_cli(commands)
     args = parser.parse_args(argv)
-    args.handler(args)
+    return args.handler(args)
 
 
 if __name__ == "__main__":

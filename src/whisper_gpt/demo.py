@@ -142,12 +142,10 @@ def write_continuation(
     ("learned": the mel head, "codec": decoded codes, None: token-only model), ``renderer`` ("mel": Griffin-Lim from
     the log-mel frames, "codec": the codec's decoder) and ``new_frames`` (generated frames at the end of the WAV).
     """
-    from .cli import main
-    from .modeling_whisper_gpt import WhisperGPTForCausalLM
-    from .processing_whisper_gpt import WhisperGPTProcessor
+    from .cli import run
 
     wav, png = out_stem.with_suffix(".wav"), out_stem.with_suffix(".png")
-    main(
+    chosen = run(
         [
             "generate",
             str(model_dir),
@@ -166,19 +164,7 @@ def write_continuation(
             str(png),
         ]
     )
-    # What "auto" resolved to, by the same rules the command applied.
-    model = WhisperGPTForCausalLM.from_pretrained(model_dir)
-    processor = WhisperGPTProcessor.from_pretrained(model_dir)
-    chosen_source = model.resolve_mel_source(None if mel_source == "auto" else mel_source, processor.audio_tokenizer)
-    renderer = processor.resolve_renderer(render, chosen_source is not None)
-    return {
-        "wav": str(wav),
-        "png": str(png),
-        "mel_source": chosen_source,
-        "renderer": renderer,
-        "prompt": str(prompt),
-        "new_frames": max(1, round(seconds * model.config.frame_rate)),
-    }
+    return {"wav": str(wav), "png": str(png), **chosen, "prompt": str(prompt)}
 
 
 def _mel_statistics(log_mel: np.ndarray, active_db: float = 50.0) -> dict[str, Any]:
