@@ -2,11 +2,14 @@
 
 Trains the paper's hybrid with ``use_mel_head=True`` on a built corpus (a short run), then on the held-out
 files measures the mel L1 to the true causal log-mel frame t+1 of:
-- the learned frame (mel head, teacher-forced with the true codes of frame t+1),
+- the learned frame (the mel head on the true codes of the frames its window covers),
 - the frame computed from codec-decoded audio (codebook 0 only, and all 8 codebooks),
-- copying frame t (a trivial baseline),
-and times generation (seconds of audio per wall-clock second) with ``mel_source="learned"`` against
-``mel_source="codec"`` for the same model. Prints JSON; ``--out`` writes it.
+- copying frame t (a baseline generation cannot use: it has no true frame t),
+- holding the frame at 0.5 s for the rest of the clip (what a head that only copies would give in generation),
+and the correlation of the learned frames' loudness (mean log-mel) with the true frames'. The head reads only codes,
+so its frames here are the frames it gives in generation for the same codes. Finally it times generation (seconds
+of audio per wall-clock second) with ``mel_source="learned"`` against ``mel_source="codec"`` for the same model.
+Prints JSON; ``--out`` writes it.
 
     whisper-gpt corpus speech runs/corpus/speech --minutes 3
     python scripts/mel_head_report.py --corpus runs/corpus/speech --out docs/mel_head_speech.json
@@ -47,8 +50,10 @@ def heldout_clips(corpus: Path, seconds: float) -> list[np.ndarray]:
 def mel_errors(model: WhisperGPTForCausalLM, processor: WhisperGPTProcessor, clips: list[np.ndarray]) -> dict:
     """Mean L1 (over frames and bins) to the true mel frame t+1, for each way of getting it."""
     sums = {"learned": 0.0, "codec_codebook0": 0.0, "codec_8_codebooks": 0.0, "copy_previous_frame": 0.0}
+    held, learned_loudness, true_loudness = [], [], []
     frames = 0
     extractor = processor.feature_extractor
+    hold_from = round(0.5 * model.config.frame_rate)
     with torch.inference_mode():
         for clip in clips:
             # At most the model's context (750 frames = 10 s) per clip.
@@ -62,8 +67,16 @@ def mel_errors(model: WhisperGPTForCausalLM, processor: WhisperGPTProcessor, cli
                 decoded = extractor.causal_log_mel(audio)[0]
                 sums[name] += float((decoded[1:] - true[1:]).abs().mean(-1).sum())
             sums["copy_previous_frame"] += float((true[:-1] - true[1:]).abs().mean(-1).sum())
+            held.append((true[hold_from:] - true[hold_from - 1]).abs().mean(-1))
+            learned_loudness.append(predicted[:-1].mean(-1))
+            true_loudness.append(true[1:].mean(-1))
             frames += true.shape[0] - 1
-    return {name: value / frames for name, value in sums.items()} | {"frames": frames}
+    loudness = torch.stack([torch.cat(learned_loudness), torch.cat(true_loudness)])
+    return {name: value / frames for name, value in sums.items()} | {
+        "frames": frames,
+        "hold_frame_at_half_second": float(torch.cat(held).mean()),
+        "learned_loudness_correlation": float(torch.corrcoef(loudness)[0, 1]),
+    }
 
 
 def generation_speed(model, processor, clip: np.ndarray, new_frames: int, repeats: int) -> dict:

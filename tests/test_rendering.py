@@ -83,18 +83,19 @@ def test_mel_head_learns_the_next_frame(tiny_processor) -> None:
     model = WhisperGPTForCausalLM(tiny_config(use_mel_head=True))
     batch = tiny_processor(audio=[real_like_audio(1.0, seed=s) for s in range(2)], sampling_rate=24000)
     features, mask = batch.input_features, batch.attention_mask
-    copy_previous = ((features[:, 1:] - features[:, :-1]).abs().mean(-1) * mask[:, 1:]).sum() / mask[:, 1:].sum()
+    real = mask[:, 1:, None].bool()
+    # The best constant guess per bin: how far a head that ignores its inputs can get.
+    mean_frame = features[:, 1:][real.expand_as(features[:, 1:])].view(-1, features.shape[-1]).median(0).values
+    constant = ((features[:, 1:] - mean_frame).abs().mean(-1) * mask[:, 1:]).sum() / mask[:, 1:].sum()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
     losses = []
-    for _ in range(60):
+    for _ in range(80):
         out = model(**batch, labels=batch.input_ids)
         losses.append(out.mel_loss.item())
         optimizer.zero_grad()
         out.loss.backward()
         optimizer.step()
-    # Untrained, the head predicts "the next frame is this frame"; training must beat that guess.
-    assert losses[0] == pytest.approx(copy_previous.item(), rel=1e-5)
-    assert losses[-1] < 0.85 * losses[0], losses[::10]
+    assert losses[-1] < 0.5 * constant.item(), (constant.item(), losses[::10])
 
 
 @pytest.mark.parametrize("use_spectrogram", [True, False])
@@ -109,6 +110,21 @@ def test_learned_mel_generation_needs_no_codec_and_matches_without_cache(tiny_pr
     torch.testing.assert_close(cached.input_features, recomputed.input_features, atol=1e-5, rtol=0)
     assert cached.sequences.shape == (2, 1, 15 + 12)
     assert cached.input_features.shape == (2, 15 + 12, TINY_MEL_BINS)
+
+
+def test_learned_mel_frames_depend_only_on_the_codes(tiny_processor) -> None:
+    """Generation's learned frames equal the mel head run over the finished codes: feeding them back changes none."""
+    torch.manual_seed(0)
+    model = WhisperGPTForCausalLM(tiny_config(use_mel_head=True)).eval()
+    # The one-frame prompt's first new frames have left padding inside the head's window.
+    batch = tiny_processor(audio=[real_like_audio(0.2), real_like_audio(0.01, seed=1)], sampling_rate=24000)
+    assert batch.attention_mask.sum(-1).tolist()[1] == 1
+    out = model.generate(**batch, mel_source="learned", max_new_tokens=10, return_dict_in_generate=True)
+    with torch.inference_mode():
+        again = model(out.sequences, out.input_features, attention_mask=out.attention_mask).predicted_mel
+    for row, prompt_length in enumerate(batch.attention_mask.sum(-1).tolist()):
+        new = slice(prompt_length, prompt_length + 10)
+        torch.testing.assert_close(out.input_features[row, new], again[row, prompt_length - 1 : prompt_length + 9])
 
 
 def test_default_mel_source_follows_the_codec(tiny_processor) -> None:

@@ -43,9 +43,9 @@ class WhisperGPTConfig(PretrainedConfig):
         n_fft (`int`, 1024): window of the causal log-mel frames; generation computes the mel frame of each
             new frame with the same feature extractor settings.
         layer_norm_eps (`float`, 1e-5), initializer_range (`float`, 0.02).
-        use_mel_head (`bool`, False): add a head that predicts the causal log-mel frame t+1 from the decoder
-            state at t, the codes of frame t+1 and mel frame t (as a change to frame t, starting at zero change),
-            trained with an L1 loss of weight ``mel_loss_weight`` (1.0).
+        use_mel_head (`bool`, False): add a head that predicts each causal log-mel frame from the codes of the
+            ceil(n_fft / hop_length) frames its window covers, trained with an L1 loss of weight
+            ``mel_loss_weight`` (1.0).
             Generation can then compute new mel frames without decoding audio (``mel_source="learned"``).
         mel_init_scale (`float`, 0.1): scale of the mel part of the fusion projection at initialisation
             relative to ``initializer_range``, so the untrained mel path starts as a small perturbation of the
