@@ -208,6 +208,25 @@ def test_training_crops_and_epoch_sampler(prepared):
     assert crops[(1, 4)]["crop_key"] == (1, 4) and "crop_key" not in crops[4]
 
 
+def test_packed_crops_join_short_files_in_order(prepared):
+    train, _, _ = prepared
+    lengths = list(train["num_frames"])
+    max_frames = max(lengths) + min(lengths)  # room for at least two files in a pack
+    packed = TrainingCrops(train, max_frames=max_frames, pack=True)
+    assert [row for rows in packed.examples for row in rows] == list(range(len(lengths)))  # every file once, in order
+    assert len(packed) < len(lengths)
+    rows = train.with_format("numpy")
+    for index, members in enumerate(packed.examples):
+        assert sum(lengths[row] for row in members) <= max_frames
+        example = packed[index]
+        np.testing.assert_array_equal(example["codes"], np.concatenate([rows[row]["codes"] for row in members]))
+        expected = np.concatenate([rows[row]["input_features"] for row in members])
+        np.testing.assert_array_equal(example["input_features"], expected)
+    # A file as long as the crop is never packed; it gives its usual crops.
+    alone = TrainingCrops(train, max_frames=min(lengths), pack=True)
+    assert len(alone) == sum(math.ceil(n / min(lengths)) for n in lengths)
+
+
 def test_prepare_command_and_subcommand_registration(folder, prepared, tiny_processor, tmp_path, capsys):
     import argparse
 

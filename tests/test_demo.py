@@ -66,13 +66,15 @@ def test_demo_trains_both_models_on_both_domains_and_prints_the_table(tmp_path, 
         assert (continuation["mel_source"], continuation["renderer"]) == ("learned", "mel")
         assert f"{domain} continuation" in printed and "Griffin-Lim" in printed
         described = continuation["description"]
-        for key in ("spectral_flatness", "energy_std_db"):
+        for key in ("spectral_flatness", "energy_std_db", "energy_modulation_db"):
             assert set(described[key]) == {"continuation", "rendered_prompt", "corpus", "white_noise"}
         assert set(described["mel_l1_db"]) == {"continuation", "rendered_prompt", "white_noise"}
         numbers = [
             value for key in ("spectral_flatness", "energy_std_db", "mel_l1_db") for value in described[key].values()
         ]
         assert all(math.isfinite(value) for value in numbers)
+        # The tiny run generates under 0.75 s, too short for a syllable-rate number; the corpus is long enough.
+        assert math.isfinite(described["energy_modulation_db"]["corpus"])
         assert described["generated_seconds"] > 0 and described["reference_seconds"] > 0
     assert "## Continuations" in (tmp_path / "demo" / "results.md").read_text()
 
@@ -99,3 +101,10 @@ def test_describe_continuation_tells_corpus_like_audio_from_noise(tmp_path):
     assert bad["mel_l1_db"]["continuation"] > good["mel_l1_db"]["continuation"] * 2
     assert good["spectral_flatness"]["continuation"] < 0.2 < 0.5 < bad["spectral_flatness"]["continuation"]
     assert good["spectral_flatness"]["white_noise"] > 0.5 and good["reference_seconds"] == 6.0
+    # A tone that only swells varies in energy as much, but not at the rate of syllables and notes.
+    t = np.arange(24000) / 24000
+    swelling = np.concatenate([prompt, (0.01 + 0.5 * t) * np.sin(2 * np.pi * 220 * t)]).astype(np.float32)
+    hum = describe_continuation(swelling, 24000, 75, references, extractor)
+    assert hum["energy_std_db"]["continuation"] > 0.5 * good["energy_std_db"]["continuation"]
+    assert hum["energy_modulation_db"]["continuation"] < 0.3 * good["energy_modulation_db"]["continuation"]
+    assert good["energy_modulation_db"]["white_noise"] < 0.3 * good["energy_modulation_db"]["corpus"]

@@ -481,25 +481,44 @@ class TrainingCrops(torch.utils.data.Dataset):
     length warrants. An example is its file's row plus a ``crop_key``; indexed by an ``(epoch, index)`` pair (as
     `EpochShuffleSampler` yields them) the key is that pair, so the collator's random crop is a function of
     (seed, epoch, index) alone. A plain integer index (e.g. from `transformers.Trainer`) gives no key.
+
+    ``pack=True`` joins consecutive files shorter than ``max_frames`` (in dataset order) into examples of at most
+    ``max_frames`` frames, as text LMs pack documents: a corpus of short clips (isolated words, notes) then trains on
+    full windows instead of padding, and the model sees one clip end and the next begin. Each file's codes and mel
+    frames are its own (computed on that file alone), so a pack is the files' frames one after the other.
     """
 
-    def __init__(self, dataset: Any, max_frames: int):
+    def __init__(self, dataset: Any, max_frames: int, pack: bool = False):
         if max_frames < 2:
             raise ValueError(f"max_frames must be at least 2, got {max_frames}.")
         self.rows = dataset.with_format("numpy")
         lengths = np.asarray(dataset["num_frames"], dtype=np.int64)
         if lengths.size == 0:
             raise ValueError("The prepared dataset is empty.")
-        counts = np.maximum(1, -(-lengths // max_frames))
-        self.example_rows = np.repeat(np.arange(len(lengths)), counts)
+        self.examples: list[list[int]] = []
+        pending: list[int] = []  # short files waiting to fill a pack
+        for row, length in enumerate(lengths.tolist()):
+            if not pack or length >= max_frames:
+                self.examples.extend([[row]] * max(1, -(-length // max_frames)))
+                continue
+            if sum(int(lengths[index]) for index in pending) + length > max_frames:
+                self.examples.append(pending)
+                pending = []
+            pending.append(row)
+        if pending:
+            self.examples.append(pending)
 
     def __len__(self) -> int:
-        return len(self.example_rows)
+        return len(self.examples)
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
         epoch, index = key if isinstance(key, tuple) else (None, key)
-        row = self.rows[int(self.example_rows[index])]
-        example = {"codes": row["codes"], "input_features": row["input_features"]}
+        rows = [self.rows[row] for row in self.examples[index]]
+        features = [row["input_features"] for row in rows]
+        example = {
+            "codes": np.concatenate([row["codes"] for row in rows]),
+            "input_features": None if any(f is None for f in features) else np.concatenate(features),
+        }
         if epoch is not None:
             example["crop_key"] = (epoch, index)
         return example

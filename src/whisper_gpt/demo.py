@@ -4,7 +4,9 @@
 2. calibrates one local EnCodec on training audio of both (no trained codec can be downloaded here),
 3. encodes both corpora with `datasets` (cached),
 4. trains the paper's hybrid Whisper-GPT and token-only GPT-S for ``minutes`` each per domain (the two models of a
-   domain train at the same time, one CPU core each),
+   domain train at the same time, one CPU core each) on crops of ``max_frames``, with short files packed into full
+   crops (most speech files are single words of about a second: unpacked, a crop is mostly padding and the model
+   never sees one word end and the next begin),
 5. prints the paper-style table (parameters, NLL, accuracy, perplexity on each domain's held-out files, with the
    paper's numbers beside them) and writes it to ``OUTPUT_DIR/results.md`` and ``results.json``,
 6. leaves every model as a Hub-ready folder (``OUTPUT_DIR/models/DOMAIN-MODEL``) and writes a short generated
@@ -86,7 +88,7 @@ def _seconds_per_step(config: Any) -> float:
     cfg = model_config(config.preset, config.model_overrides)
     model = WhisperGPTForCausalLM(cfg).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate)
-    crops = TrainingCrops(train_set, config.max_frames)
+    crops = TrainingCrops(train_set, config.max_frames, pack=config.pack)
     sampler = EpochShuffleSampler(len(crops), seed=config.seed + 1)
     loader = torch.utils.data.DataLoader(
         crops,
@@ -167,7 +169,25 @@ def write_continuation(
     return {"wav": str(wav), "png": str(png), **chosen, "prompt": str(prompt)}
 
 
-def _mel_statistics(log_mel: np.ndarray, active_db: float = 50.0) -> dict[str, Any]:
+def _syllable_rate_modulation(frame_db: np.ndarray, frame_rate: float, floor_db: float) -> float:
+    """Std (dB) of the frame energy (T,) between 2 and 20 Hz: what is left after removing the trend over 0.5 s and
+    smoothing over 50 ms. Speech's syllables and music's notes live there; a steady or slowly swelling sound has
+    none. Energies are floored at ``floor_db`` so digital silence counts as quiet, not as -200 dB. NaN for a signal
+    too short to tell (under 0.75 s)."""
+    level = np.maximum(frame_db, floor_db)
+    edge = round(0.25 * frame_rate)  # the moving averages see past the ends within half a trend window
+    if len(level) < 3 * edge:
+        return float("nan")
+
+    def moving_average(values: np.ndarray, seconds: float) -> np.ndarray:
+        width = max(1, round(seconds * frame_rate))
+        return np.convolve(values, np.ones(width) / width, mode="same")
+
+    band = moving_average(level - moving_average(level, 0.5), 0.05)[edge : len(level) - edge]
+    return float(band.std())
+
+
+def _mel_statistics(log_mel: np.ndarray, frame_rate: float, active_db: float = 50.0) -> dict[str, Any]:
     """Per-signal numbers of `describe_continuation` from causal log-mel frames (T, M) in the extractor's scale."""
     from .feature_extraction_whisper_gpt import LOG_MEL_OFFSET, LOG_MEL_SCALE
 
@@ -181,6 +201,7 @@ def _mel_statistics(log_mel: np.ndarray, active_db: float = 50.0) -> dict[str, A
         "mean_spectrum_db": 10.0 * log10_power[active].mean(axis=0),  # (M,)
         "spectral_flatness": float(flatness.mean()),
         "energy_std_db": float(frame_db[active].std()),
+        "energy_modulation_db": _syllable_rate_modulation(frame_db, frame_rate, frame_db.max() - active_db),
         "active_frames": int(active.sum()),
     }
 
@@ -209,7 +230,9 @@ def describe_continuation(
     * ``spectral_flatness``: mean over frames of the geometric / arithmetic mean of the mel power spectrum (about 1
       for white noise; low for voiced speech and pitched music, whose energy sits in formants and harmonics).
     * ``energy_std_db``: standard deviation of the frame energy in dB (near 0 for steady noise; large for speech's
-      syllable rhythm and for music's notes).
+      syllable rhythm and for music's notes, but also for a sound that only swells).
+    * ``energy_modulation_db``: the part of that energy's variation at 2-20 Hz, the rate of syllables and notes
+      (near 0 for a steady or slowly swelling sound).
 
     Keys ``continuation``, ``rendered_prompt``, ``corpus`` and ``white_noise`` hold each signal's numbers.
     """
@@ -241,13 +264,14 @@ def describe_continuation(
         "corpus": np.concatenate(reference) if reference else None,
         "white_noise": log_mel(noise, sampling_rate)[-new_frames:],
     }
-    stats = {name: _mel_statistics(mel) for name, mel in signals.items() if mel is not None and len(mel)}
+    frame_rate = feature_extractor.sampling_rate / feature_extractor.hop_length
+    stats = {name: _mel_statistics(mel, frame_rate) for name, mel in signals.items() if mel is not None and len(mel)}
     result: dict[str, Any] = {
         "generated_seconds": len(generated_audio) / sampling_rate,
         "reference_seconds": total,
         "rms": rms,
     }
-    for key in ("spectral_flatness", "energy_std_db"):
+    for key in ("spectral_flatness", "energy_std_db", "energy_modulation_db"):
         result[key] = {name: values[key] for name, values in stats.items()}
     if "corpus" in stats:
         target = stats["corpus"]["mean_spectrum_db"]
@@ -390,6 +414,7 @@ def run_demo(
                     "preset": preset,
                     "model_overrides": {**overrides, **MODEL_EXTRAS[key]},
                     "max_frames": max_frames,
+                    "pack": True,
                     "eval_window": max_frames,
                     "batch_size": batch_size,
                     "learning_rate": learning_rate,
@@ -509,8 +534,9 @@ def _continuation_line(written: dict[str, Any]) -> str:
     parts.append(
         "spectral flatness " + ", ".join(f"{name.replace('_', ' ')} {value:.3f}" for name, value in flatness.items())
     )
-    energy = described["energy_std_db"]
-    parts.append("frame-energy std " + ", ".join(f"{name.replace('_', ' ')} {v:.1f} dB" for name, v in energy.items()))
+    for key, label in (("energy_std_db", "frame-energy std"), ("energy_modulation_db", "its 2-20 Hz part")):
+        values = described[key]
+        parts.append(label + " " + ", ".join(f"{name.replace('_', ' ')} {v:.1f} dB" for name, v in values.items()))
     return "; ".join(parts)
 
 

@@ -65,6 +65,7 @@ class TrainingConfig:
     preset: str = "paper_hybrid"
     model_overrides: dict[str, Any] = field(default_factory=dict)
     max_frames: int | None = None  # training crop; default: the model's context
+    pack: bool = False  # join consecutive short files into examples of max_frames (see TrainingCrops)
     batch_size: int = 16
     gradient_accumulation_steps: int = 1
     learning_rate: float = 1e-3
@@ -273,7 +274,7 @@ def train(config: TrainingConfig) -> dict[str, Any]:
         else:
             validation_set = prepare_dataset(config.train_data, processor, split="validation", **prepare)
 
-    crops = TrainingCrops(train_set, max_frames)
+    crops = TrainingCrops(train_set, max_frames, pack=config.pack)
     if len(crops) < config.batch_size:
         raise ValueError(f"The training data gives {len(crops)} examples, fewer than batch_size={config.batch_size}.")
     sampler = EpochShuffleSampler(len(crops), seed=config.seed)
@@ -331,7 +332,7 @@ def train(config: TrainingConfig) -> dict[str, Any]:
     window_start, window_frames = time.perf_counter(), 0
     model.train()
     while state["step"] < stop:
-        losses = []
+        losses, mel_losses = [], []
         for micro in range(accumulation):
             batch = next(stream)
             if not cfg.use_spectrogram:
@@ -340,9 +341,11 @@ def train(config: TrainingConfig) -> dict[str, Any]:
             # Gradients are all-reduced only on the last micro-batch of an optimizer step.
             sync = nullcontext() if micro == accumulation - 1 else accelerator.no_sync(model)
             with sync:
-                loss = model(**batch, use_cache=False).loss
-                accelerator.backward(loss / accumulation)
-            losses.append(loss.detach())
+                output = model(**batch, use_cache=False)
+                accelerator.backward(output.loss / accumulation)
+            losses.append(output.loss.detach())
+            if output.mel_loss is not None:
+                mel_losses.append(output.mel_loss.detach())
         grad_norm = accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
         optimizer.step()
         scheduler.step()
@@ -362,6 +365,8 @@ def train(config: TrainingConfig) -> dict[str, Any]:
                 "train/grad_norm": float(grad_norm),
                 "train/frames_per_second": frames / elapsed if elapsed > 0 else None,
             }
+            if mel_losses:  # the mel head's L1, included in train/loss with weight mel_loss_weight
+                record["train/mel_loss"] = float(accelerator.reduce(torch.stack(mel_losses).mean(), reduction="mean"))
             window_start, window_frames = time.perf_counter(), 0
             history.append(record)
             log.write(record)
@@ -465,6 +470,7 @@ def save_final(
         "preset": config.preset,
         "global batch (crops)": config.batch_size * config.gradient_accumulation_steps,
         "crop length (frames)": config.max_frames or model.config.max_position_embeddings,
+        "short files packed into crops": config.pack,
         "optimizer steps": config.max_steps,
         "learning rate": config.learning_rate,
         "schedule": f"{config.warmup_steps} warmup steps, cosine decay",
@@ -528,6 +534,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", nargs="?", const="latest", help="continue from the latest (or a given) checkpoint")
     parser.add_argument("--cache-dir", help="where prepared datasets are cached")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument(
+        "--pack", action="store_true", help="join consecutive files shorter than --max-frames into full examples"
+    )
 
 
 def _parse_overrides(items: list[str]) -> dict[str, Any]:
