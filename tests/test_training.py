@@ -70,6 +70,13 @@ def trained(setup):
     return train(_config(setup, "run", report_to="tensorboard", save_every=3))
 
 
+def test_packed_training_with_a_mel_head_logs_the_mel_loss(setup):
+    summary = train(_config(setup, "packed", model_overrides={**TINY, "use_mel_head": True}, pack=True, max_steps=2))
+    for record in summary["history"]:
+        # train/loss is the codes' cross-entropy plus mel_loss_weight (1.0) times the mel L1.
+        assert 0 < record["train/mel_loss"] < record["train/loss"]
+
+
 def test_training_logs_validates_and_writes_a_hub_ready_folder(setup, trained):
     losses = [record["train/loss"] for record in trained["history"]]
     assert len(losses) == 6 and all(math.isfinite(loss) for loss in losses)
