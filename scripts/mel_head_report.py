@@ -6,6 +6,7 @@ files measures the mel L1 to the true causal log-mel frame t+1 of:
 - the frame computed from codec-decoded audio (codebook 0 only, and all 8 codebooks),
 - copying frame t (a baseline generation cannot use: it has no true frame t),
 - holding the frame at 0.5 s for the rest of the clip (what a head that only copies would give in generation),
+  beside the learned frames on those same frames,
 and the correlation of the learned frames' loudness (mean log-mel) with the true frames'. The head reads only codes,
 so its frames here are the frames it gives in generation for the same codes. Finally it times generation (seconds
 of audio per wall-clock second) with ``mel_source="learned"`` against ``mel_source="codec"`` for the same model.
@@ -50,7 +51,7 @@ def heldout_clips(corpus: Path, seconds: float) -> list[np.ndarray]:
 def mel_errors(model: WhisperGPTForCausalLM, processor: WhisperGPTProcessor, clips: list[np.ndarray]) -> dict:
     """Mean L1 (over frames and bins) to the true mel frame t+1, for each way of getting it."""
     sums = {"learned": 0.0, "codec_codebook0": 0.0, "codec_8_codebooks": 0.0, "copy_previous_frame": 0.0}
-    held, learned_loudness, true_loudness = [], [], []
+    held, learned_late, learned_loudness, true_loudness = [], [], [], []
     frames = 0
     extractor = processor.feature_extractor
     hold_from = round(0.5 * model.config.frame_rate)
@@ -67,7 +68,9 @@ def mel_errors(model: WhisperGPTForCausalLM, processor: WhisperGPTProcessor, cli
                 decoded = extractor.causal_log_mel(audio)[0]
                 sums[name] += float((decoded[1:] - true[1:]).abs().mean(-1).sum())
             sums["copy_previous_frame"] += float((true[:-1] - true[1:]).abs().mean(-1).sum())
-            held.append((true[hold_from:] - true[hold_from - 1]).abs().mean(-1))
+            if true.shape[0] > hold_from:  # the hold baseline and the learned frames on the same frames
+                held.append((true[hold_from:] - true[hold_from - 1]).abs().mean(-1))
+                learned_late.append((predicted[hold_from - 1 : -1] - true[hold_from:]).abs().mean(-1))
             learned_loudness.append(predicted[:-1].mean(-1))
             true_loudness.append(true[1:].mean(-1))
             frames += true.shape[0] - 1
@@ -75,6 +78,7 @@ def mel_errors(model: WhisperGPTForCausalLM, processor: WhisperGPTProcessor, cli
     return {name: value / frames for name, value in sums.items()} | {
         "frames": frames,
         "hold_frame_at_half_second": float(torch.cat(held).mean()),
+        "learned_after_half_second": float(torch.cat(learned_late).mean()),
         "learned_loudness_correlation": float(torch.corrcoef(loudness)[0, 1]),
     }
 

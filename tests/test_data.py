@@ -222,6 +222,9 @@ def test_packed_crops_join_short_files_in_order(prepared):
         np.testing.assert_array_equal(example["codes"], np.concatenate([rows[row]["codes"] for row in members]))
         expected = np.concatenate([rows[row]["input_features"] for row in members])
         np.testing.assert_array_equal(example["input_features"], expected)
+    # Packs join neighbours only: a long file between short ones ends the pack before it.
+    rows = {"num_frames": [10, 100, 10, 10], "codes": [np.zeros((n, 1), np.int16) for n in (10, 100, 10, 10)]}
+    assert TrainingCrops(datasets.Dataset.from_dict(rows), max_frames=50, pack=True).examples == [[0], [1], [1], [2, 3]]
     # A file as long as the crop is never packed; it gives its usual crops.
     alone = TrainingCrops(train, max_frames=min(lengths), pack=True)
     assert len(alone) == sum(math.ceil(n / min(lengths)) for n in lengths)

@@ -6,6 +6,7 @@ import json
 import math
 from pathlib import Path
 
+import pytest
 from audio_folder import write_audio_folder
 from conftest import tiny_config
 
@@ -75,6 +76,7 @@ def test_demo_trains_both_models_on_both_domains_and_prints_the_table(tmp_path, 
         assert all(math.isfinite(value) for value in numbers)
         # The tiny run generates under 0.75 s, too short for a syllable-rate number; the corpus is long enough.
         assert math.isfinite(described["energy_modulation_db"]["corpus"])
+        assert described["energy_modulation_db"]["continuation"] is None
         assert described["generated_seconds"] > 0 and described["reference_seconds"] > 0
     assert "## Continuations" in (tmp_path / "demo" / "results.md").read_text()
 
@@ -108,3 +110,7 @@ def test_describe_continuation_tells_corpus_like_audio_from_noise(tmp_path):
     assert hum["energy_std_db"]["continuation"] > 0.5 * good["energy_std_db"]["continuation"]
     assert hum["energy_modulation_db"]["continuation"] < 0.3 * good["energy_modulation_db"]["continuation"]
     assert good["energy_modulation_db"]["white_noise"] < 0.3 * good["energy_modulation_db"]["corpus"]
+    from whisper_gpt.demo import _syllable_rate_modulation
+
+    for level in (-60.0, 0.0):  # a steady sound has no modulation, however loud and however short
+        assert _syllable_rate_modulation(np.full(57, level), 75.0, floor_db=-110.0) == pytest.approx(0.0, abs=1e-9)

@@ -127,6 +127,14 @@ def test_learned_mel_frames_depend_only_on_the_codes(tiny_processor) -> None:
         torch.testing.assert_close(out.input_features[row, new], again[row, prompt_length - 1 : prompt_length + 9])
 
 
+def test_learned_mel_needs_a_slide_that_keeps_the_heads_window(tiny_processor) -> None:
+    model = WhisperGPTForCausalLM(tiny_config(use_mel_head=True)).eval()
+    batch = tiny_processor(audio=real_like_audio(0.1), sampling_rate=24000)
+    context = model.config.max_position_embeddings
+    with pytest.raises(ValueError, match="earlier frames the mel head reads"):
+        model.generate(**batch, mel_source="learned", max_new_tokens=2, context_stride=context - 1)
+
+
 def test_default_mel_source_follows_the_codec(tiny_processor) -> None:
     model = WhisperGPTForCausalLM(tiny_config(use_mel_head=True))
     untrained = tiny_processor.audio_tokenizer

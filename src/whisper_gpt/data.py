@@ -499,6 +499,9 @@ class TrainingCrops(torch.utils.data.Dataset):
         pending: list[int] = []  # short files waiting to fill a pack
         for row, length in enumerate(lengths.tolist()):
             if not pack or length >= max_frames:
+                if pending:  # packs join neighbours only
+                    self.examples.append(pending)
+                    pending = []
                 self.examples.extend([[row]] * max(1, -(-length // max_frames)))
                 continue
             if sum(int(lengths[index]) for index in pending) + length > max_frames:

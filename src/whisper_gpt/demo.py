@@ -169,19 +169,20 @@ def write_continuation(
     return {"wav": str(wav), "png": str(png), **chosen, "prompt": str(prompt)}
 
 
-def _syllable_rate_modulation(frame_db: np.ndarray, frame_rate: float, floor_db: float) -> float:
-    """Std (dB) of the frame energy (T,) between 2 and 20 Hz: what is left after removing the trend over 0.5 s and
-    smoothing over 50 ms. Speech's syllables and music's notes live there; a steady or slowly swelling sound has
-    none. Energies are floored at ``floor_db`` so digital silence counts as quiet, not as -200 dB. NaN for a signal
-    too short to tell (under 0.75 s)."""
+def _syllable_rate_modulation(frame_db: np.ndarray, frame_rate: float, floor_db: float) -> float | None:
+    """Std (dB) of the frame energy (T,) at the rate of syllables and notes (about 1.5-12 Hz): what is left after
+    removing the trend over 0.5 s and smoothing over 50 ms. A steady or slowly swelling sound has none. Energies are
+    floored at ``floor_db`` so digital silence counts as quiet, not as -200 dB. None for a signal too short to tell
+    (under 0.75 s)."""
     level = np.maximum(frame_db, floor_db)
-    edge = round(0.25 * frame_rate)  # the moving averages see past the ends within half a trend window
+    edge = round(0.25 * frame_rate)  # frames whose trend window reaches past an end
     if len(level) < 3 * edge:
-        return float("nan")
+        return None
 
     def moving_average(values: np.ndarray, seconds: float) -> np.ndarray:
         width = max(1, round(seconds * frame_rate))
-        return np.convolve(values, np.ones(width) / width, mode="same")
+        padded = np.pad(values, (width // 2, width - 1 - width // 2), mode="edge")  # a steady sound stays steady
+        return np.convolve(padded, np.ones(width) / width, mode="valid")
 
     band = moving_average(level - moving_average(level, 0.5), 0.05)[edge : len(level) - edge]
     return float(band.std())
@@ -231,8 +232,8 @@ def describe_continuation(
       for white noise; low for voiced speech and pitched music, whose energy sits in formants and harmonics).
     * ``energy_std_db``: standard deviation of the frame energy in dB (near 0 for steady noise; large for speech's
       syllable rhythm and for music's notes, but also for a sound that only swells).
-    * ``energy_modulation_db``: the part of that energy's variation at 2-20 Hz, the rate of syllables and notes
-      (near 0 for a steady or slowly swelling sound).
+    * ``energy_modulation_db``: the part of that energy's variation at the rate of syllables and notes (about
+      1.5-12 Hz; near 0 for a steady or slowly swelling sound; None for under 0.75 s of audio).
 
     Keys ``continuation``, ``rendered_prompt``, ``corpus`` and ``white_noise`` hold each signal's numbers.
     """
@@ -308,8 +309,8 @@ def format_table(rows: list[dict[str, Any]]) -> str:
         sizes = " / ".join(f"{head / 1e6:.3f}M" for head in heads)
         lines.append(
             f"* plus a mel head ({sizes}), trained jointly with the codes (L1 loss on the next log-mel frame) so the\n"
-            "  continuation can be rendered with Griffin-Lim. It does not feed the code prediction but shares the\n"
-            "  trunk's training (and its step time). The paper's hybrid had no such head."
+            "  continuation can be rendered with Griffin-Lim. It reads the codes through the shared code embeddings\n"
+            "  and does not feed the code prediction; it adds to the step time. The paper's hybrid had no such head."
         )
     return "\n".join(lines)
 
@@ -534,9 +535,9 @@ def _continuation_line(written: dict[str, Any]) -> str:
     parts.append(
         "spectral flatness " + ", ".join(f"{name.replace('_', ' ')} {value:.3f}" for name, value in flatness.items())
     )
-    for key, label in (("energy_std_db", "frame-energy std"), ("energy_modulation_db", "its 2-20 Hz part")):
-        values = described[key]
-        parts.append(label + " " + ", ".join(f"{name.replace('_', ' ')} {v:.1f} dB" for name, v in values.items()))
+    for key, label in (("energy_std_db", "frame-energy std"), ("energy_modulation_db", "its 1.5-12 Hz part")):
+        values = {name.replace("_", " "): "n/a" if v is None else f"{v:.1f} dB" for name, v in described[key].items()}
+        parts.append(label + " " + ", ".join(f"{name} {value}" for name, value in values.items()))
     return "; ".join(parts)
 
 

@@ -558,7 +558,9 @@ class WhisperGPTForCausalLM(WhisperGPTPreTrainedModel, GenerationMixin):
         loss = mel_loss = predicted_mel = None
         if self.config.use_mel_head:  # frames 0..T (frame T: the placeholder), predicting frames 1..T
             frames = torch.cat([codes[..., :1], following], dim=-1)
-            predicted_mel = self.mel_head(self.model.embed_codes(frames))[:, 1:]
+            # Left padding reads as "before the audio", as in generate(); right padding is never read by real frames.
+            real = None if attention_mask is None else F.pad(attention_mask[:, -codes.shape[-1] :], (0, 1))
+            predicted_mel = self.mel_head(self.model.embed_codes(frames), real)[:, 1:]
         if labels is not None:
             loss = self.next_frame_loss(logits, labels, attention_mask)
             if self.config.use_mel_head:
@@ -711,6 +713,11 @@ class WhisperGPTForCausalLM(WhisperGPTPreTrainedModel, GenerationMixin):
         stride = context_stride or max(1, context // 4)
         if not 0 < stride < context:
             raise ValueError(f"context_stride must be in [1, {context - 1}], got {stride}.")
+        if mel_source == "learned" and context - stride < self.mel_head.window_frames - 1:
+            raise ValueError(
+                f"context_stride={stride} keeps {context - stride} frames when the context slides, fewer than the "
+                f"{self.mel_head.window_frames - 1} earlier frames the mel head reads; use a smaller stride."
+            )
 
         state = _GenerationState(codes, input_features, mask)
         codec_mel = None
