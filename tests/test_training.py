@@ -70,8 +70,10 @@ def trained(setup):
     return train(_config(setup, "run", report_to="tensorboard", save_every=3))
 
 
-def test_packed_training_with_a_mel_head_logs_the_mel_loss(setup):
-    summary = train(_config(setup, "packed", model_overrides={**TINY, "use_mel_head": True}, pack=True, max_steps=2))
+@pytest.mark.parametrize("use_spectrogram", [True, False])
+def test_packed_training_with_a_mel_head_logs_the_mel_loss(setup, use_spectrogram):
+    overrides = {**TINY, "use_mel_head": True, "use_spectrogram": use_spectrogram}
+    summary = train(_config(setup, f"packed-{use_spectrogram}", model_overrides=overrides, pack=True, max_steps=2))
     for record in summary["history"]:
         # train/loss is the codes' cross-entropy plus mel_loss_weight (1.0) times the mel L1.
         assert 0 < record["train/mel_loss"] < record["train/loss"]
