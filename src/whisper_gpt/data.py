@@ -496,18 +496,17 @@ class TrainingCrops(torch.utils.data.Dataset):
         if lengths.size == 0:
             raise ValueError("The prepared dataset is empty.")
         self.examples: list[list[int]] = []
-        pending: list[int] = []  # short files waiting to fill a pack
+        pending, pending_frames = [], 0  # neighbouring short files filling a pack
         for row, length in enumerate(lengths.tolist()):
-            if not pack or length >= max_frames:
-                if pending:  # packs join neighbours only
-                    self.examples.append(pending)
-                    pending = []
-                self.examples.extend([[row]] * max(1, -(-length // max_frames)))
-                continue
-            if sum(int(lengths[index]) for index in pending) + length > max_frames:
+            short = pack and length < max_frames
+            if pending and (not short or pending_frames + length > max_frames):
                 self.examples.append(pending)
-                pending = []
-            pending.append(row)
+                pending, pending_frames = [], 0
+            if short:
+                pending.append(row)
+                pending_frames += length
+            else:
+                self.examples.extend([[row]] * max(1, -(-length // max_frames)))
         if pending:
             self.examples.append(pending)
 
