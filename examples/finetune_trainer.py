@@ -88,9 +88,7 @@ def finetune(
         args=arguments,
         train_dataset=TrainingCrops(train_set, max_frames),
         eval_dataset=SlidingWindows(validation_set, max_frames),
-        data_collator=collator
-        if model.config.use_spectrogram or model.config.use_mel_head
-        else _DropFeatures(collator),
+        data_collator=collator if model.config.trains_on_mel_frames else _DropFeatures(collator),
         compute_metrics=compute_metrics,
         preprocess_logits_for_metrics=preprocess_logits_for_metrics,
     )

@@ -152,6 +152,11 @@ class WhisperGPTConfig(PretrainedConfig):
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}.")
 
     @property
+    def trains_on_mel_frames(self) -> bool:
+        """Whether training batches need ``input_features``: the mel path reads them, a mel head learns from them."""
+        return self.use_spectrogram or self.use_mel_head
+
+    @property
     def frame_rate(self) -> float:
         """Frames (positions) per second of audio."""
         return self.sampling_rate / self.hop_length

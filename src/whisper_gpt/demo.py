@@ -99,7 +99,7 @@ def _seconds_per_step(config: Any) -> float:
     )
     timings = []
     for index, batch in enumerate(loader):
-        if not (cfg.use_spectrogram or cfg.use_mel_head):
+        if not cfg.trains_on_mel_frames:
             batch.pop("input_features")
         started = time.perf_counter()
         model(**batch, use_cache=False).loss.backward()

@@ -359,7 +359,7 @@ def _model_inputs(batch: dict[str, torch.Tensor], cfg: Any, flat: bool, codebook
     if flat:
         return _flatten_batch(batch, codebook_size)
     batch = dict(batch)
-    if not cfg.use_spectrogram:
+    if not cfg.trains_on_mel_frames:
         batch.pop("input_features", None)
     return batch
 

@@ -335,7 +335,7 @@ def train(config: TrainingConfig) -> dict[str, Any]:
         losses, mel_losses = [], []
         for micro in range(accumulation):
             batch = next(stream)
-            if not (cfg.use_spectrogram or cfg.use_mel_head):  # a mel head learns from the features even then
+            if not cfg.trains_on_mel_frames:
                 batch.pop("input_features", None)
             window_frames += int(batch["attention_mask"].sum())  # this process's share of the batch
             # Gradients are all-reduced only on the last micro-batch of an optimizer step.
