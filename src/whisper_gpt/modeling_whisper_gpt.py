@@ -840,9 +840,9 @@ class WhisperGPTForCausalLM(WhisperGPTPreTrainedModel, GenerationMixin):
 
     def _learned_mel(self, state: _GenerationState, new_codes: torch.Tensor) -> torch.Tensor:
         """The mel head's frame (B, 1, M) for the new codes (B, K), after the window's newest frames."""
-        context = self.mel_head.window_frames - 1
-        codes = torch.cat([state.codes[..., -context:], new_codes[:, :, None]], dim=-1)  # (B, K, <= F)
-        real = F.pad(state.mask[:, -context:], (0, 1), value=1)
+        start = max(0, state.codes.shape[-1] - (self.mel_head.window_frames - 1))  # not [-0:] for a 1-frame window
+        codes = torch.cat([state.codes[..., start:], new_codes[:, :, None]], dim=-1)  # (B, K, <= F)
+        real = F.pad(state.mask[:, start:], (0, 1), value=1)
         return self.mel_head(self.model.embed_codes(codes), real)[:, -1:]
 
 
