@@ -2,8 +2,9 @@
 
 Three steps:
 
-1. `build_processor`: calibrate a locally built EnCodec's codebooks on training audio (k-means, see
-   `WhisperGPTAudioTokenizer.calibrate`) and wrap it with the causal log-mel feature extractor. Skip it when a
+1. `build_processor`: fit a locally built EnCodec's encoder to the log-mel of training audio and calibrate its
+   codebooks (k-means, see `WhisperGPTAudioTokenizer.fit_encoder_to_mel` and `calibrate`), and wrap it with the
+   causal log-mel feature extractor. Skip it when a
    trained codec is available (`WhisperGPTProcessor.from_pretrained`).
 2. `prepare_dataset`: a folder of audio files, a built corpus (`whisper_gpt.corpus`) or a `datasets.Dataset` with
    an audio column -> a `datasets.Dataset` with one row per file:
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import itertools
 import json
 import logging
 import math
@@ -88,12 +90,18 @@ def build_processor(
     num_codebooks: int | None = None,
     max_frames: int = 100_000,
     iterations: int = 20,
+    encoder_steps: int = 400,
+    encoder_seconds: float = 600.0,
     seed: int = 0,
+    progress: bool = True,
 ) -> tuple[WhisperGPTProcessor, dict[str, Any]]:
-    """Build a small local 24 kHz EnCodec, calibrate its codebooks on ``calibration_audio``, wrap it in a processor.
+    """Build a small local 24 kHz EnCodec, fit it to ``calibration_audio``, wrap it in a processor.
 
-    Use this where no trained codec can be downloaded; the codes are k-means centroids of a random encoder's
-    output, good enough to train and compare language models on, not to listen to (see `small_encodec_config`).
+    Use this where no trained codec can be downloaded. Three steps on the audio: `initialize_encoder` (data-driven
+    scaling of the random encoder), `fit_encoder_to_mel` (``encoder_steps`` steps on the first ``encoder_seconds``
+    of audio, about 3 minutes on 2 CPU cores for 400 steps, so codes describe each frame's spectrum), then
+    `calibrate` (k-means codebooks). The codes are good for training and comparing language models; the decoder
+    stays untrained, so listen through the model's mel head and Griffin-Lim instead (see `small_encodec_config`).
 
     Args:
         calibration_audio: audio file paths, or arrays at ``sampling_rate``.
@@ -103,9 +111,11 @@ def build_processor(
         bandwidth: codec bandwidth in kbps; 1.5 gives 2 codebooks, 6.0 gives 8.
         num_codebooks: codebooks to calibrate (default: all used at ``bandwidth``).
         max_frames, iterations: k-means sample size (75 frames per second of audio) and iterations.
-        seed: seeds the codec's random weights and the k-means.
+        encoder_steps: steps of `fit_encoder_to_mel`; 0 keeps the random (initialised) encoder.
+        seed: seeds the codec's random weights, the encoder fit and the k-means.
     Returns:
-        (processor, calibration statistics from `WhisperGPTAudioTokenizer.calibrate`).
+        (processor, calibration statistics from `WhisperGPTAudioTokenizer.calibrate`, plus those of the encoder
+        fit under ``"encoder_fit"`` when it ran).
     """
     from transformers import EncodecModel
 
@@ -114,6 +124,7 @@ def build_processor(
         torch.manual_seed(seed)
         codec = EncodecModel(small_encodec_config(codebook_size=codebook_size))
     tokenizer = WhisperGPTAudioTokenizer(codec, bandwidth=bandwidth, decoder_trained=False)
+    feature_extractor = WhisperGPTFeatureExtractor(feature_size=num_mel_bins)
 
     def clips() -> Iterator[tuple[np.ndarray, int]]:
         for item in calibration_audio:
@@ -121,6 +132,21 @@ def build_processor(
 
     # calibrate() takes one sampling rate for everything, so files are brought to the codec's rate first.
     resampled = (normalize_audio_batch(clip, rate, tokenizer.sampling_rate)[0] for clip, rate in clips())
+    fit_stats = {}
+    if encoder_steps > 0:
+        head, seconds = [], 0.0
+        for clip in resampled:
+            head.append(clip)
+            seconds += len(clip) / tokenizer.sampling_rate
+            if seconds >= encoder_seconds:
+                break
+        if not head:
+            raise ValueError("build_processor got no calibration audio.")
+        tokenizer.initialize_encoder(head)
+        fit_stats = tokenizer.fit_encoder_to_mel(
+            head, feature_extractor, steps=encoder_steps, max_seconds=encoder_seconds, seed=seed, progress=progress
+        )
+        resampled = itertools.chain(head, resampled)
     stats = tokenizer.calibrate(
         resampled,
         sampling_rate=tokenizer.sampling_rate,
@@ -129,7 +155,9 @@ def build_processor(
         seed=seed,
         num_codebooks=num_codebooks,
     )
-    processor = WhisperGPTProcessor(WhisperGPTFeatureExtractor(feature_size=num_mel_bins), tokenizer)
+    if fit_stats:
+        stats["encoder_fit"] = fit_stats
+    processor = WhisperGPTProcessor(feature_extractor, tokenizer)
     return processor, stats
 
 
@@ -596,6 +624,9 @@ def register_cli(subparsers: Any) -> None:
     parser.add_argument("--num-mel-bins", type=int, default=80, help="mel bins of a new processor (model config)")
     parser.add_argument("--codebook-size", type=int, default=1024, help="codes per codebook of a new codec")
     parser.add_argument("--bandwidth", type=float, default=6.0, help="kbps of a new codec (1.5: 2 codebooks, 6: 8)")
+    parser.add_argument(
+        "--encoder-steps", type=int, default=400, help="steps fitting a new codec's encoder to log-mel (0: skip)"
+    )
     parser.add_argument("--cache-dir", help="where prepared datasets are cached")
     parser.add_argument("--num-proc", type=int, help="processes encoding audio")
     parser.add_argument("--seed", type=int, default=0)
@@ -616,6 +647,7 @@ def _prepare_command(args: Any) -> dict[str, Any]:
             num_mel_bins=args.num_mel_bins,
             codebook_size=args.codebook_size,
             bandwidth=args.bandwidth,
+            encoder_steps=args.encoder_steps,
             seed=args.seed,
         )
         processor.save_pretrained(processor_dir)

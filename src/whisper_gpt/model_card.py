@@ -110,10 +110,15 @@ def build_model_card(
     codec_note = ""
     tokenizer = getattr(processor, "audio_tokenizer", None)
     if tokenizer is not None and not tokenizer.decoder_trained:
+        fitted = (
+            "whose encoder was trained to predict each frame's log-mel spectrum and "
+            if getattr(tokenizer, "encoder_fitted_to_mel", False)
+            else ""
+        )
         codec_note = (
-            "Its codec is a small EnCodec built locally whose codebooks were calibrated by k-means on the training "
-            "audio; its decoder was never trained, so decoded codes are not listenable audio. The codes are "
-            "still a faithful discretisation for language-modelling comparisons."
+            f"Its codec is a small EnCodec built locally {fitted}whose codebooks were calibrated by k-means on the "
+            "training audio; its decoder was never trained, so decoded codes are not listenable audio. The codes "
+            "are still a faithful discretisation for language-modelling comparisons."
         )
     return ModelCard.from_template(
         card_data,

@@ -28,6 +28,7 @@ import json
 import logging
 import math
 import os
+import random
 import shlex
 import shutil
 import sys
@@ -90,6 +91,7 @@ class TrainingConfig:
     calibration_bandwidth: float | None = None  # kbps of a calibrated codec; default: the least giving K codebooks
     calibration_max_frames: int = 100_000
     calibration_iterations: int = 20
+    calibration_encoder_steps: int = 400  # `fit_encoder_to_mel` steps of a calibrated codec (0: random encoder)
     torch_threads: int | None = None
     progress: bool = True
     command: str | None = None
@@ -195,6 +197,8 @@ def _processor_for(config: TrainingConfig, accelerator: Any, model_cfg: WhisperG
     target = Path(config.output_dir) / "processor"
     if accelerator.is_main_process and not (target / "audio_tokenizer").is_dir():
         files = audio_files(config.train_data, split="train")
+        # The encoder fit reads the first minutes of the list: shuffled, they come from the whole corpus.
+        random.Random(config.seed).shuffle(files)
         if not files:
             raise ValueError(f"{config.train_data} holds no training audio to calibrate a codec on.")
         processor, stats = build_processor(
@@ -205,7 +209,9 @@ def _processor_for(config: TrainingConfig, accelerator: Any, model_cfg: WhisperG
             bandwidth=config.calibration_bandwidth or 0.75 * 2 ** max(1, math.ceil(math.log2(model_cfg.num_codebooks))),
             max_frames=config.calibration_max_frames,
             iterations=config.calibration_iterations,
+            encoder_steps=config.calibration_encoder_steps,
             seed=config.seed,
+            progress=config.progress,
         )
         logger.info("calibrated the codec on %d frames: %s", stats["frames"], stats)
         processor.save_pretrained(str(target))
@@ -518,6 +524,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "stop_at_step",
         "eval_every",
         "eval_batch_size",
+        "calibration_encoder_steps",
         "eval_window",
         "save_every",
         "save_total_limit",
