@@ -10,7 +10,7 @@ import pytest
 from audio_folder import write_audio_folder
 from conftest import tiny_config
 
-from whisper_gpt import WhisperGPTForCausalLM
+from whisper_gpt import WhisperGPTForCausalLM, WhisperGPTProcessor
 from whisper_gpt.demo import run_demo
 
 
@@ -33,6 +33,7 @@ def test_demo_trains_both_models_on_both_domains_and_prints_the_table(tmp_path, 
         model_overrides=tiny,
         calibration_seconds=20,
         calibration_iterations=3,
+        codec_encoder_steps=3,
         continuation_seconds=0.03,
         parallel=False,
         num_proc=None,
@@ -55,8 +56,14 @@ def test_demo_trains_both_models_on_both_domains_and_prints_the_table(tmp_path, 
         card = (Path(row["model_dir"]) / "README.md").read_text()
         expected_row = f"| mel-from-codes head | yes ({row['mel_head_params']:,} of" if hybrid else "head | no |"
         assert expected_row in card
+        assert "whose encoder was trained to predict each frame's log-mel spectrum" in card
     assert "2.52" in printed and "38.47%" in printed  # the paper's music hybrid numbers beside ours
     assert "* plus a mel head" in result["table"]
+    # The hybrid's mel stream is gated; the table says how open each gate ended.
+    gates = {row["domain"]: row["mel_gate"] for row in rows if row["model"].startswith("Whisper-GPT")}
+    assert all(-1 < gate < 1 for gate in gates.values())
+    assert all(row["mel_gate"] is None for row in rows if row["model"].startswith("GPT-S"))
+    assert f"after training: speech {gates['speech']:.3f}, music {gates['music']:.3f}." in result["table"]
     saved = json.loads((tmp_path / "demo" / "results.json").read_text())
     assert saved["table"] == result["table"] and saved["timings_seconds"]["total"] > 0
     for domain in ("speech", "music"):
@@ -79,6 +86,9 @@ def test_demo_trains_both_models_on_both_domains_and_prints_the_table(tmp_path, 
         assert described["energy_modulation_db"]["continuation"] is None
         assert described["generated_seconds"] > 0 and described["reference_seconds"] > 0
     assert "## Continuations" in (tmp_path / "demo" / "results.md").read_text()
+    # The demo's local codec has its encoder fitted to log-mel, so its codes describe each frame's spectrum.
+    tokenizer = WhisperGPTProcessor.from_pretrained(tmp_path / "demo" / "processor").audio_tokenizer
+    assert tokenizer.encoder_fitted_to_mel and tokenizer.calibrated and not tokenizer.decoder_trained
 
 
 def test_describe_continuation_tells_corpus_like_audio_from_noise(tmp_path):

@@ -120,6 +120,24 @@ def test_fusion_starts_as_token_embedding_plus_small_mel_term(fusion: str) -> No
         torch.testing.assert_close(token_block, torch.eye(config.hidden_size))
 
 
+@pytest.mark.parametrize("fusion", ["concat", "sum"])
+def test_a_gated_hybrid_starts_as_the_token_only_model_and_learns_to_open_the_gate(fusion: str, tmp_path) -> None:
+    model = WhisperGPTForCausalLM(tiny_config(fusion=fusion, mel_gate=True))
+    inputs = random_inputs()
+    changed = dict(inputs, input_features=inputs["input_features"] + 1.0)
+    # Closed at first: the mel frames change nothing, so training starts from the token-only model.
+    torch.testing.assert_close(model(**inputs).logits, model(**changed).logits, rtol=0, atol=0)
+    model(**inputs, labels=inputs["input_ids"]).loss.backward()
+    assert model.model.fusion.mel_gate.grad.abs() > 0  # the loss can open it
+    with torch.no_grad():
+        model.model.fusion.mel_gate.fill_(0.5)
+    assert not torch.allclose(model(**inputs).logits, model(**changed).logits)
+    model.save_pretrained(tmp_path)
+    loaded = WhisperGPTForCausalLM.from_pretrained(tmp_path)
+    assert loaded.config.mel_gate and loaded.model.fusion.mel_gate.item() == 0.5
+    assert WhisperGPTForCausalLM(tiny_config()).model.fusion.mel_gate is None  # off by default (paper presets)
+
+
 def test_fusion_init_survives_save_and_load(tmp_path) -> None:
     model = WhisperGPTForCausalLM(tiny_config())
     with torch.no_grad():

@@ -50,6 +50,9 @@ class WhisperGPTConfig(PretrainedConfig):
         mel_init_scale (`float`, 0.1): scale of the mel part of the fusion projection at initialisation
             relative to ``initializer_range``, so the untrained mel path starts as a small perturbation of the
             token embedding (measured to matter: a full-size random mel path made the hybrid train slower).
+        mel_gate (`bool`, False): multiply the mel stream by tanh of a learned scalar that starts at 0 (as
+            Flamingo gates its new cross-attention), so the hybrid starts as the token-only model and opens the
+            mel path as it learns to use it.
     """
 
     model_type = "whisper_gpt"
@@ -81,6 +84,7 @@ class WhisperGPTConfig(PretrainedConfig):
         layer_norm_eps: float = 1e-5,
         initializer_range: float = 0.02,
         mel_init_scale: float = 0.1,
+        mel_gate: bool = False,
         use_mel_head: bool = False,
         mel_loss_weight: float = 1.0,
         use_cache: bool = True,
@@ -110,6 +114,7 @@ class WhisperGPTConfig(PretrainedConfig):
         self.layer_norm_eps = layer_norm_eps
         self.initializer_range = initializer_range
         self.mel_init_scale = mel_init_scale
+        self.mel_gate = mel_gate
         self.use_mel_head = use_mel_head
         self.mel_loss_weight = mel_loss_weight
         self.use_cache = use_cache

@@ -136,8 +136,11 @@ class WhisperGPTFusion(nn.Module):
         # Parameters live here, not in a child Linear, so `_init_weights` sees this module and can init it.
         self.weight = nn.Parameter(torch.empty(config.hidden_size, in_features))
         self.bias = nn.Parameter(torch.empty(config.hidden_size))
+        self.mel_gate = nn.Parameter(torch.empty(())) if config.mel_gate else None
 
     def forward(self, token_embeds: torch.Tensor, mel_states: torch.Tensor) -> torch.Tensor:
+        if self.mel_gate is not None:
+            mel_states = torch.tanh(self.mel_gate) * mel_states
         if self.mode == "concat":
             return F.linear(torch.cat([token_embeds, mel_states], dim=-1), self.weight, self.bias)
         return token_embeds + F.linear(mel_states, self.weight, self.bias)
@@ -266,6 +269,8 @@ class WhisperGPTPreTrainedModel(PreTrainedModel):
                 weight[:, :hidden] = torch.eye(hidden, dtype=weight.dtype, device=weight.device)
             init.copy_(module.weight, weight)
             init.zeros_(module.bias)
+            if module.mel_gate is not None:
+                init.zeros_(module.mel_gate)
         elif isinstance(module, WhisperGPTDepthDecoder):
             init.normal_(module.heads, mean=0.0, std=std)
 
