@@ -166,7 +166,7 @@ def main() -> None:
         "training": training,
         "heldout_mel_l1": mel_errors(model, processor, clips),
         "generation": generation_speed(model, processor, np.concatenate(clips), args.new_frames, repeats=3),
-        "codec": "small_encodec_config() (random weights, k-means codebooks; decoder not trained)",
+        "codec": repr(processor.audio_tokenizer),
         "machine": {"processor": platform.processor() or platform.machine(), "torch_threads": torch.get_num_threads()},
         "wall_seconds": time.perf_counter() - started,
     }
