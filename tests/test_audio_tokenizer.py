@@ -492,3 +492,16 @@ def test_fit_encoder_to_mel_rejects_what_it_cannot_fit(fitted_pair):
         fresh.fit_encoder_to_mel([clips[0][: HOP * 20]], extractor, steps=1, progress=False)
     with pytest.raises(ValueError, match="must be positive"):
         fresh.fit_encoder_to_mel(clips, extractor, steps=0, progress=False)
+    with pytest.raises(ValueError, match="causal log-mel targets"):
+        fresh.fit_encoder_to_mel(clips, WhisperGPTFeatureExtractor(framing="centered"), steps=1, progress=False)
+
+
+def test_fitting_a_calibrated_codec_resets_its_codebooks_and_initialising_clears_the_flag(fitted_pair):
+    extractor, clips = fitted_pair[4], fitted_pair[5]
+    tokenizer = build_tokenizer(codebook_size=SMALL_CODEBOOK)
+    tokenizer.calibrate(clips, SR, iterations=2)
+    tokenizer.fit_encoder_to_mel(clips, extractor, steps=2, batch_size=2, crop_frames=8, progress=False)
+    # The old codebooks describe the old encoder: they are cleared, so encode() warns instead of misleading.
+    assert not tokenizer.calibrated and tokenizer._zero_codebooks(tokenizer.num_codebooks)
+    tokenizer.initialize_encoder(clips)
+    assert not tokenizer.encoder_fitted_to_mel

@@ -136,6 +136,8 @@ def test_a_gated_hybrid_starts_as_the_token_only_model_and_learns_to_open_the_ga
     loaded = WhisperGPTForCausalLM.from_pretrained(tmp_path)
     assert loaded.config.mel_gate and loaded.model.fusion.mel_gate.item() == 0.5
     assert WhisperGPTForCausalLM(tiny_config()).model.fusion.mel_gate is None  # off by default (paper presets)
+    with pytest.raises(ValueError, match="token-only model"):
+        tiny_config(use_spectrogram=False, mel_gate=True)
 
 
 def test_fusion_init_survives_save_and_load(tmp_path) -> None:

@@ -51,8 +51,8 @@ class WhisperGPTConfig(PretrainedConfig):
             relative to ``initializer_range``, so the untrained mel path starts as a small perturbation of the
             token embedding (measured to matter: a full-size random mel path made the hybrid train slower).
         mel_gate (`bool`, False): multiply the mel stream by tanh of a learned scalar that starts at 0 (as
-            Flamingo gates its new cross-attention), so the hybrid starts as the token-only model and opens the
-            mel path as it learns to use it.
+            Flamingo gates its new cross-attention), so the hybrid starts as the token-only model and can open
+            the mel path if the mel frames help. Requires ``use_spectrogram=True``.
     """
 
     model_type = "whisper_gpt"
@@ -153,6 +153,10 @@ class WhisperGPTConfig(PretrainedConfig):
             raise ValueError(f"WhisperGPTConfig.fusion must be one of {FUSION_MODES}, got {self.fusion!r}.")
         if self.spectrogram_layers < 0:
             raise ValueError(f"spectrogram_layers must be >= 0, got {self.spectrogram_layers}.")
+        if self.mel_gate and not self.use_spectrogram:
+            raise ValueError(
+                "mel_gate gates the hybrid's mel stream; a token-only model (use_spectrogram=False) has none."
+            )
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}.")
 

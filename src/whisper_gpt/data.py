@@ -32,6 +32,7 @@ import json
 import logging
 import math
 import os
+import random
 import shutil
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
@@ -132,6 +133,8 @@ def build_processor(
 
     # calibrate() takes one sampling rate for everything, so files are brought to the codec's rate first.
     resampled = (normalize_audio_batch(clip, rate, tokenizer.sampling_rate)[0] for clip, rate in clips())
+    if encoder_steps < 0:
+        raise ValueError(f"encoder_steps must be 0 (no encoder fit) or positive, got {encoder_steps}.")
     fit_stats = {}
     if encoder_steps > 0:
         head, seconds = [], 0.0
@@ -642,8 +645,11 @@ def _prepare_command(args: Any) -> dict[str, Any]:
     if (processor_dir / "audio_tokenizer").is_dir():
         processor = WhisperGPTProcessor.from_pretrained(processor_dir)
     else:
+        files = audio_files(args.data, split="train")
+        # The encoder fit reads the first minutes of the list: shuffled, they come from the whole corpus.
+        random.Random(args.seed).shuffle(files)
         processor, stats = build_processor(
-            audio_files(args.data, split="train"),
+            files,
             num_mel_bins=args.num_mel_bins,
             codebook_size=args.codebook_size,
             bandwidth=args.bandwidth,
