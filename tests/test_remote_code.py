@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import subprocess
 import sys
@@ -25,6 +26,7 @@ REMOTE_SCRIPT = textwrap.dedent(
     model = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True).eval()
     processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True)
     assert not type(model).__module__.startswith("whisper_gpt"), type(model).__module__
+    assert processor.audio_tokenizer.mel_exemplars is not None  # generation's default mel frames come from them
     batch = processor(audio=np.load(audio_path), sampling_rate=24000, return_tensors="pt")
     with torch.no_grad():
         logits = model(**batch).logits
@@ -47,7 +49,9 @@ def test_model_processor_and_pipeline_load_without_the_package(tiny_processor, t
     model = WhisperGPTForCausalLM(tiny_config(num_codebooks=4)).eval()
     folder = tmp_path / "model"
     model.save_pretrained(folder)
-    tiny_processor.save_pretrained(folder)
+    processor = copy.deepcopy(tiny_processor)
+    processor.audio_tokenizer.fit_mel_exemplars([real_like_audio(2.0, seed=3)], processor.feature_extractor)
+    processor.save_pretrained(folder)
     for name in (
         "configuration_whisper_gpt.py",
         "modeling_whisper_gpt.py",
@@ -79,13 +83,13 @@ def test_model_processor_and_pipeline_load_without_the_package(tiny_processor, t
     remote = np.load(tmp_path / "out.npz")
     assert str(remote["module"]).startswith("transformers_modules")
 
-    batch = tiny_processor(audio=audio, sampling_rate=24000, return_tensors="pt")
+    batch = processor(audio=audio, sampling_rate=24000, return_tensors="pt")
     with torch.no_grad():
         local = model(**batch).logits
     np.testing.assert_array_equal(remote["input_ids"], batch.input_ids.numpy())
     np.testing.assert_array_equal(remote["logits"], local.numpy())
 
-    local_pipe = pipeline("audio-continuation", model=model, processor=tiny_processor)
+    local_pipe = pipeline("audio-continuation", model=model, processor=processor)
     expected = local_pipe(audio, sampling_rate=24000, max_new_seconds=0.1, return_prompt=False, renderer="codec")[
         "audio"
     ]

@@ -130,9 +130,10 @@ def _add_generate_command(commands) -> None:
     generate.add_argument("--seed", type=int, default=0)
     generate.add_argument(
         "--mel-source",
-        choices=["auto", "codec", "learned"],
+        choices=["auto", "codec", "exemplar", "learned"],
         default="auto",
-        help="new frames' mel: decode them with the codec, or the model's mel head (auto: see generate())",
+        help="new frames' mel: decode them with the codec, the codec's exemplar frame per code, or the model's mel "
+        "head (auto: see generate())",
     )
     generate.add_argument(
         "--prompt-mel",

@@ -101,8 +101,10 @@ def build_processor(
     Use this where no trained codec can be downloaded. Three steps on the audio: `initialize_encoder` (data-driven
     scaling of the random encoder), `fit_encoder_to_mel` (``encoder_steps`` steps on the first ``encoder_seconds``
     of audio, about 3 minutes on 2 CPU cores for 400 steps, so codes describe each frame's spectrum), then
-    `calibrate` (k-means codebooks). The codes are good for training and comparing language models; the decoder
-    stays untrained, so listen through the model's mel head and Griffin-Lim instead (see `small_encodec_config`).
+    `calibrate` (k-means codebooks), then `fit_mel_exemplars` (one real log-mel frame per codebook-0 code, from the
+    same first ``encoder_seconds``). The codes are good for training and comparing language models; the decoder
+    stays untrained, so listen through the exemplar frames (``generate(mel_source="exemplar")``, the default for
+    such a codec) and Griffin-Lim instead (see `small_encodec_config`).
 
     Args:
         calibration_audio: audio file paths, or arrays at ``sampling_rate``.
@@ -113,10 +115,11 @@ def build_processor(
         num_codebooks: codebooks to calibrate (default: all used at ``bandwidth``).
         max_frames, iterations: k-means sample size (75 frames per second of audio) and iterations.
         encoder_steps: steps of `fit_encoder_to_mel`; 0 keeps the random (initialised) encoder.
+        encoder_seconds: audio that the encoder fit and the mel exemplars read (the start of the calibration audio).
         seed: seeds the codec's random weights, the encoder fit and the k-means.
     Returns:
         (processor, calibration statistics from `WhisperGPTAudioTokenizer.calibrate`, plus those of the encoder
-        fit under ``"encoder_fit"`` when it ran).
+        fit under ``"encoder_fit"`` when it ran and of `fit_mel_exemplars` under ``"mel_exemplars"``).
     """
     from transformers import EncodecModel
 
@@ -135,23 +138,22 @@ def build_processor(
     resampled = (normalize_audio_batch(clip, rate, tokenizer.sampling_rate)[0] for clip, rate in clips())
     if encoder_steps < 0:
         raise ValueError(f"encoder_steps must be 0 (no encoder fit) or positive, got {encoder_steps}.")
+    head, seconds = [], 0.0  # the first encoder_seconds of audio: the encoder fit and the mel exemplars read it
+    for clip in resampled:
+        head.append(clip)
+        seconds += len(clip) / tokenizer.sampling_rate
+        if seconds >= encoder_seconds:
+            break
+    if not head:
+        raise ValueError("build_processor got no calibration audio.")
     fit_stats = {}
     if encoder_steps > 0:
-        head, seconds = [], 0.0
-        for clip in resampled:
-            head.append(clip)
-            seconds += len(clip) / tokenizer.sampling_rate
-            if seconds >= encoder_seconds:
-                break
-        if not head:
-            raise ValueError("build_processor got no calibration audio.")
         tokenizer.initialize_encoder(head)
         fit_stats = tokenizer.fit_encoder_to_mel(
             head, feature_extractor, steps=encoder_steps, max_seconds=encoder_seconds, seed=seed, progress=progress
         )
-        resampled = itertools.chain(head, resampled)
     stats = tokenizer.calibrate(
-        resampled,
+        itertools.chain(head, resampled),
         sampling_rate=tokenizer.sampling_rate,
         max_frames=max_frames,
         iterations=iterations,
@@ -160,6 +162,7 @@ def build_processor(
     )
     if fit_stats:
         stats["encoder_fit"] = fit_stats
+    stats["mel_exemplars"] = tokenizer.fit_mel_exemplars(head, feature_extractor, max_seconds=encoder_seconds)
     processor = WhisperGPTProcessor(feature_extractor, tokenizer)
     return processor, stats
 

@@ -120,6 +120,12 @@ def build_model_card(
             "training audio; its decoder was never trained, so decoded codes are not listenable audio. The codes "
             "are still a faithful discretisation for language-modelling comparisons."
         )
+        if getattr(tokenizer, "mel_exemplars", None) is not None:
+            codec_note += (
+                " To listen, generation takes each new frame's log-mel from the codec's exemplar frame of its code "
+                '(`mel_source="exemplar"`, the default for this codec) and the pipeline renders those frames with '
+                "Griffin-Lim."
+            )
     return ModelCard.from_template(
         card_data,
         template_path=str(template_path()),

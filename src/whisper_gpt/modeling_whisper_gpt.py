@@ -674,10 +674,12 @@ class WhisperGPTForCausalLM(WhisperGPTPreTrainedModel, GenerationMixin):
                 the prompt (closer to decoding the whole clip; the convolutions need 32 frames = 0.43 s at most)
                 and only makes the start slower; generated frames are always decoded with all context since.
             feature_extractor: defaults to `mel_feature_extractor()`; pass the processor's to be explicit.
-            mel_source: where new mel frames come from: ``"codec"`` (decode, as above; exact), ``"learned"`` (the
-                mel head of a model trained with ``use_mel_head``: no codec in the loop, much faster). Default:
-                "learned" when the model has a mel head and the codec's decoder is not trained (or no codec is
-                given), else "codec" for the hybrid model; the token-only model without a mel head needs none.
+            mel_source: where new mel frames come from: ``"codec"`` (decode, as above; exact), ``"exemplar"``
+                (the real log-mel frame the codec keeps for each codebook-0 code, `fit_mel_exemplars`: no decoder in
+                the loop, and sharp frames that keep their harmonics), ``"learned"`` (the mel head of a model trained
+                with ``use_mel_head``: no codec in the loop, but its frames average over what a code stood for).
+                Default (`resolve_mel_source`): "codec" when the codec's decoder is trained, else "exemplar" when the
+                codec has exemplars, else "learned" for a model with a mel head.
             generation_config / kwargs: ``max_new_tokens`` (frames to add), ``do_sample``, ``temperature``,
                 ``top_k``, ``top_p``, ``repetition_penalty`` (per codebook, over that codebook's history),
                 ``num_return_sequences``.
@@ -708,6 +710,8 @@ class WhisperGPTForCausalLM(WhisperGPTPreTrainedModel, GenerationMixin):
             feature_extractor = feature_extractor or self.mel_feature_extractor()
             self.validate_feature_extractor(feature_extractor)
             input_features = self.model._check_features(input_features, length)
+            if mel_source == "exemplar":
+                audio_tokenizer.mel_exemplar_frames(codes[:, :, :0], feature_extractor)  # made with these settings?
         codes, input_features, mask = _left_align(codes, input_features, lengths)
         repeats = config.num_return_sequences or 1
         codes, mask = codes.repeat_interleave(repeats, 0), mask.repeat_interleave(repeats, 0)
@@ -741,6 +745,8 @@ class WhisperGPTForCausalLM(WhisperGPTPreTrainedModel, GenerationMixin):
             new_codes = self._sample_frame(frame_state, state.codes, processors, config.do_sample, generator)
             if mel_source == "learned":
                 new_mel = self._learned_mel(state, new_codes)
+            elif mel_source == "exemplar":
+                new_mel = audio_tokenizer.mel_exemplar_frames(new_codes[:, :, None]).to(self.device, self.dtype)
             else:
                 new_mel = None if codec_mel is None else codec_mel.next_frame(new_codes).to(self.device, self.dtype)
             state.append(new_codes, new_mel)
@@ -822,19 +828,33 @@ class WhisperGPTForCausalLM(WhisperGPTPreTrainedModel, GenerationMixin):
 
     def resolve_mel_source(self, mel_source: str | None, audio_tokenizer: Any) -> str | None:
         """Where generate() takes new mel frames from for ``mel_source`` (None: the default) and this codec: "codec"
-        (decode the new codes), "learned" (the mel head) or None (a token-only model without a mel head)."""
+        (decode the new codes), "exemplar" (the codec's exemplar frame of each code), "learned" (the mel head) or
+        None (a token-only model without a mel head needs none).
+
+        The default decodes with a trained decoder (exact). A local codec's decoder makes noise, so then the codec's
+        exemplar frames are used when it has them (real frames: rendered, they keep pitch), else the mel head."""
         if mel_source is None:
             decoder_usable = audio_tokenizer is not None and getattr(audio_tokenizer, "decoder_trained", True)
-            if self.config.use_mel_head and not decoder_usable:
+            has_exemplars = getattr(audio_tokenizer, "mel_exemplars", None) is not None
+            if not self.config.trains_on_mel_frames:  # a token-only model without a mel head reads none
+                return None
+            if not decoder_usable and has_exemplars:
+                mel_source = "exemplar"
+            elif self.config.use_mel_head and not decoder_usable:
                 mel_source = "learned"
             elif self.config.use_spectrogram:
                 mel_source = "codec"
             else:
                 return None
-        if mel_source not in ("codec", "learned"):
-            raise ValueError(f'mel_source must be "codec", "learned" or None, got {mel_source!r}.')
+        if mel_source not in ("codec", "exemplar", "learned"):
+            raise ValueError(f'mel_source must be "codec", "exemplar", "learned" or None, got {mel_source!r}.')
         if mel_source == "learned" and not self.config.use_mel_head:
             raise ValueError('mel_source="learned" needs a model trained with use_mel_head=True; use "codec".')
+        if mel_source == "exemplar" and getattr(audio_tokenizer, "mel_exemplars", None) is None:
+            raise ValueError(
+                'mel_source="exemplar" needs audio_tokenizer= with mel exemplars (WhisperGPTAudioTokenizer.'
+                'fit_mel_exemplars, which build_processor runs); use "codec" or "learned".'
+            )
         if mel_source == "codec" and audio_tokenizer is None:
             raise ValueError(
                 "The hybrid model needs audio_tokenizer= in generate(): each new frame's mel spectrogram is computed "

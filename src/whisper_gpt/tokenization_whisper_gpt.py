@@ -47,6 +47,9 @@ from .feature_extraction_whisper_gpt import normalize_audio_batch, num_frames
 logger = logging.get_logger(__name__)
 
 CONFIG_NAME = "audio_tokenizer_config.json"
+MEL_EXEMPLARS_NAME = "mel_exemplars.npy"
+# The feature-extractor settings that make a log-mel frame what it is: exemplars are only valid for the same ones.
+MEL_GEOMETRY_KEYS = ("sampling_rate", "hop_length", "n_fft", "feature_size", "f_min", "f_max", "framing")
 DEFAULT_CODEC = "facebook/encodec_24khz"
 DEFAULT_BANDWIDTH = 6.0
 # k-means needs many frames per code; below this many per code `calibrate` warns.
@@ -218,6 +221,10 @@ class WhisperGPTAudioTokenizer:
         encoder_fitted_to_mel (`bool`, defaults to False): whether the encoder was trained locally by
             `fit_encoder_to_mel` (its codes are then spectral prototypes; the decoder is still untrained).
 
+    ``mel_exemplars`` ((codebook_size, M) float32 or None): one real causal log-mel frame per codebook-0 code, made
+    by `fit_mel_exemplars` and saved with the codec; ``mel_exemplar_geometry`` holds the feature-extractor settings
+    they were computed with. Changing the codes (`initialize_encoder`, `fit_encoder_to_mel`, `calibrate`) clears them.
+
     Memory and exactness on long audio: the convolutions before the encoder's LSTM and after the decoder's
     LSTM run over chunks of at most ``max_seconds_per_pass`` with generous left context, which is exact
     because their receptive field is finite (a few frames). The LSTMs and the frame-rate layers around them
@@ -265,6 +272,8 @@ class WhisperGPTAudioTokenizer:
         self.calibrated = bool(calibrated)
         self.decoder_trained = bool(decoder_trained)
         self.encoder_fitted_to_mel = bool(encoder_fitted_to_mel)
+        self.mel_exemplars: torch.Tensor | None = None
+        self.mel_exemplar_geometry: dict[str, Any] | None = None
         layers = list(codec.encoder.layers)
         self._encoder_lstm = next(i for i, layer in enumerate(layers) if isinstance(layer, EncodecLSTM))
         layers = list(codec.decoder.layers)
@@ -335,6 +344,12 @@ class WhisperGPTAudioTokenizer:
         self._silence_cache = {}
         return self
 
+    def _codes_changed(self) -> None:
+        """The encoder or the codebooks changed: what was derived from the old codes no longer holds."""
+        self._silence_cache = {}
+        self.mel_exemplars = None
+        self.mel_exemplar_geometry = None
+
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}(name_or_path={self.name_or_path!r}, sampling_rate={self.sampling_rate}, "
@@ -371,17 +386,29 @@ class WhisperGPTAudioTokenizer:
             with open(config_file, encoding="utf-8") as handle:
                 saved = json.load(handle)
         codec = EncodecModel.from_pretrained(hub_id_or_dir, **kwargs)
-        return cls(
+        tokenizer = cls(
             codec,
             bandwidth=bandwidth if bandwidth is not None else saved.get("bandwidth", DEFAULT_BANDWIDTH),
             calibrated=saved.get("calibrated"),
             decoder_trained=saved.get("decoder_trained"),
             encoder_fitted_to_mel=saved.get("encoder_fitted_to_mel", False),
         )
+        if saved.get("mel_exemplar_geometry") is not None:
+            exemplars_file = cached_file(hub_id_or_dir, MEL_EXEMPLARS_NAME, **lookup)
+            exemplars = np.load(exemplars_file, allow_pickle=False)
+            if exemplars.shape[0] != tokenizer.codebook_size:
+                raise ValueError(
+                    f"{MEL_EXEMPLARS_NAME} holds {exemplars.shape[0]} frames for a codec of {tokenizer.codebook_size} "
+                    "codes; it was saved with another codec. Run fit_mel_exemplars again."
+                )
+            tokenizer.mel_exemplars = torch.from_numpy(exemplars.astype(np.float32))
+            tokenizer.mel_exemplar_geometry = saved["mel_exemplar_geometry"]
+        return tokenizer
 
     def save_pretrained(self, save_directory: str | os.PathLike) -> None:
-        """Write the codec (``config.json`` + ``model.safetensors``, codebook buffers included) and
-        ``audio_tokenizer_config.json`` (bandwidth and the three flags) to ``save_directory``."""
+        """Write the codec (``config.json`` + ``model.safetensors``, codebook buffers included),
+        ``audio_tokenizer_config.json`` (bandwidth, the three flags, the exemplars' mel settings) and, after
+        `fit_mel_exemplars`, ``mel_exemplars.npy`` to ``save_directory``."""
         os.makedirs(save_directory, exist_ok=True)
         self.codec.save_pretrained(save_directory)
         settings = {
@@ -390,7 +417,13 @@ class WhisperGPTAudioTokenizer:
             "calibrated": self.calibrated,
             "decoder_trained": self.decoder_trained,
             "encoder_fitted_to_mel": self.encoder_fitted_to_mel,
+            "mel_exemplar_geometry": self.mel_exemplar_geometry,
         }
+        exemplars_path = os.path.join(save_directory, MEL_EXEMPLARS_NAME)
+        if self.mel_exemplars is not None:
+            np.save(exemplars_path, self.mel_exemplars.cpu().numpy())
+        elif os.path.exists(exemplars_path):
+            os.remove(exemplars_path)  # left from an earlier save of other codes
         with open(os.path.join(save_directory, CONFIG_NAME), "w", encoding="utf-8") as handle:
             json.dump(settings, handle, indent=2, sort_keys=True)
             handle.write("\n")
@@ -611,7 +644,7 @@ class WhisperGPTAudioTokenizer:
             ``{"signal_to_offset_before", "signal_to_offset_after"}``: the encoder output's standard deviation
             over time divided by the magnitude of its mean, averaged over channels.
         """
-        self._silence_cache = {}
+        self._codes_changed()
         self.encoder_fitted_to_mel = False  # rescaling undoes a fit
         audio = np.concatenate(list(clips))[: int(max_seconds * self.sampling_rate)]
         inputs = torch.from_numpy(audio)[None, None].to(self.device, self.codec.dtype)
@@ -730,7 +763,7 @@ class WhisperGPTAudioTokenizer:
                 layer.codebook.inited.fill_(0.0)
         self.calibrated = False
         self.encoder_fitted_to_mel = True
-        self._silence_cache = {}
+        self._codes_changed()
         tail = max(1, steps // 10)
         return {
             "mel_l1_first": float(np.mean(losses[:tail])),
@@ -853,10 +886,94 @@ class WhisperGPTAudioTokenizer:
             per_codebook["iterations"].append(iterations_run)
             per_codebook["residual_energy"].append(float(residual.pow(2).mean()) / variance)
         self.calibrated = True
-        self._silence_cache = {}
+        self._codes_changed()
         stats.update(per_codebook)
         stats["seconds"] = time.perf_counter() - started
         return stats
+
+    def fit_mel_exemplars(
+        self, clips: Sequence[np.ndarray], feature_extractor: Any, max_seconds: float = 600.0
+    ) -> dict[str, Any]:
+        """Keep, for each codebook-0 code, one real causal log-mel frame that the code stood for.
+
+        A local codec's decoder is untrained, so a generated code cannot be heard through it. The mean of the
+        frames a code stood for (what a regression such as the mel head learns) blurs the harmonics of different
+        pitches into a smooth spectrum, and Griffin-Lim renders that as noise with the right envelope. A real
+        frame keeps them. Each code's exemplar is its member frame closest (L1) to the members' per-bin median: a
+        typical frame of the code, not an outlier. Codes that never occur in ``clips`` borrow the exemplar of the
+        nearest occurring code (distance between codebook vectors). ``generate(mel_source="exemplar")`` feeds
+        these frames to the model and renders them; each depends only on its own frame's code, so it is causal.
+
+        Args:
+            clips: float32 mono clips at the codec's rate (`normalize_audio_batch` output).
+            feature_extractor: the `WhisperGPTFeatureExtractor` whose frames the model reads (causal framing).
+            max_seconds: audio used (the start of the clips).
+        Returns:
+            ``{"frames", "codes_seen", "seconds"}``.
+        """
+        if not self.calibrated:
+            raise ValueError("fit_mel_exemplars needs calibrated codebooks: run calibrate() first.")
+        if getattr(feature_extractor, "framing", "causal") != "causal":
+            raise ValueError(
+                "fit_mel_exemplars needs causal log-mel frames; use a feature extractor with framing='causal'."
+            )
+        if (feature_extractor.sampling_rate, feature_extractor.hop_length) != (self.sampling_rate, self.hop_length):
+            raise ValueError(
+                f"The feature extractor ({feature_extractor.sampling_rate} Hz, hop {feature_extractor.hop_length}) "
+                f"does not frame audio like the codec ({self.sampling_rate} Hz, hop {self.hop_length})."
+            )
+        started = time.perf_counter()
+        codes, frames, seconds = [], [], 0.0
+        for clip in clips:
+            if seconds >= max_seconds:
+                break
+            clip = np.asarray(clip, dtype=np.float32)[: int((max_seconds - seconds) * self.sampling_rate)]
+            if len(clip) == 0:
+                continue
+            codes.append(self.encode_clips([clip])[0][0])  # (T,) codebook 0
+            with torch.inference_mode():
+                frames.append(feature_extractor.causal_log_mel(torch.from_numpy(clip)[None])[0])  # (T, M)
+            seconds += len(clip) / self.sampling_rate
+        if not codes:
+            raise ValueError("fit_mel_exemplars got no audio.")
+        codes, frames = torch.cat(codes), torch.cat(frames).float()
+        exemplars = torch.zeros(self.codebook_size, frames.shape[1])
+        order = torch.argsort(codes, stable=True)
+        seen, counts = torch.unique_consecutive(codes[order], return_counts=True)
+        for code, members in zip(seen.tolist(), torch.split(order, counts.tolist()), strict=True):
+            member_frames = frames[members]  # (n, M)
+            typical = member_frames.median(dim=0).values
+            exemplars[code] = member_frames[(member_frames - typical).abs().sum(dim=1).argmin()]
+        codebook = self.codec.quantizer.layers[0].codebook.embed.detach().float().cpu()  # (V, D)
+        unseen = torch.ones(self.codebook_size, dtype=torch.bool)
+        unseen[seen] = False
+        if bool(unseen.any()):
+            nearest = torch.cdist(codebook[unseen], codebook[seen]).argmin(dim=1)
+            exemplars[unseen] = exemplars[seen[nearest]]
+        self.mel_exemplars = exemplars
+        self.mel_exemplar_geometry = {key: getattr(feature_extractor, key) for key in MEL_GEOMETRY_KEYS}
+        return {"frames": len(codes), "codes_seen": len(seen), "seconds": time.perf_counter() - started}
+
+    def mel_exemplar_frames(self, codes: torch.Tensor, feature_extractor: Any = None) -> torch.Tensor:
+        """(B, K, T) codes -> (B, T, M) the exemplar log-mel frame of each frame's codebook-0 code.
+
+        With ``feature_extractor``, first checks that the exemplars were made with its settings (a ValueError
+        otherwise): frames of another mel geometry would be read as garbage by the model.
+        """
+        if self.mel_exemplars is None:
+            raise ValueError(
+                "This codec has no mel exemplars: run fit_mel_exemplars(clips, feature_extractor) after calibrate() "
+                '(whisper_gpt.data.build_processor does), or use mel_source="codec" / "learned".'
+            )
+        if feature_extractor is not None:
+            for key, value in self.mel_exemplar_geometry.items():
+                if getattr(feature_extractor, key, None) != value:
+                    raise ValueError(
+                        f"The codec's mel exemplars were computed with {key}={value!r}, but the feature extractor "
+                        f"has {key}={getattr(feature_extractor, key, None)!r}; run fit_mel_exemplars with it again."
+                    )
+        codes = self._check_codes(codes)
+        return self.mel_exemplars.to(codes.device)[codes[:, 0]]
 
     def _zero_codebooks(self, count: int) -> list[int]:
         """Indices among the first ``count`` codebooks that are all zero (never trained or calibrated)."""
