@@ -49,16 +49,14 @@ def test_demo_trains_both_models_on_both_domains_and_prints_the_table(tmp_path, 
         assert row["model"] in printed and f"{row['nll']:.3f}" in printed
         model = WhisperGPTForCausalLM.from_pretrained(row["model_dir"])
         hybrid = row["model"].startswith("Whisper-GPT")
-        assert sum(p.numel() for p in model.parameters()) == row["params"] + row["mel_head_params"]
-        assert model.config.use_spectrogram == hybrid
-        # The hybrid learns the mel head (so its continuation can be heard); GPT-S stays the paper's preset.
-        assert model.config.use_mel_head == hybrid and (row["mel_head_params"] > 0) == hybrid
+        assert sum(p.numel() for p in model.parameters()) == row["params"]
+        # The paper's two models, without a mel head: the codec's exemplar frames make the continuation audible.
+        assert model.config.use_spectrogram == hybrid and not model.config.use_mel_head
         card = (Path(row["model_dir"]) / "README.md").read_text()
-        expected_row = f"| mel-from-codes head | yes ({row['mel_head_params']:,} of" if hybrid else "head | no |"
-        assert expected_row in card
+        assert "| mel-from-codes head | no |" in card
         assert "whose encoder was trained to predict each frame's log-mel spectrum" in card
+        assert 'codec\'s exemplar frame of its code (`mel_source="exemplar"`' in card
     assert "2.52" in printed and "38.47%" in printed  # the paper's music hybrid numbers beside ours
-    assert "* plus a mel head" in result["table"]
     # The hybrid's mel stream is gated; the table says how open each gate ended.
     gates = {row["domain"]: row["mel_gate"] for row in rows if row["model"].startswith("Whisper-GPT")}
     assert all(-1.0 <= gate <= 1.0 for gate in gates.values())  # tanh(g)
@@ -69,13 +67,14 @@ def test_demo_trains_both_models_on_both_domains_and_prints_the_table(tmp_path, 
     for domain in ("speech", "music"):
         assert (tmp_path / "demo" / f"continuation-{domain}.wav").stat().st_size > 0
         assert (tmp_path / "demo" / f"continuation-{domain}.png").read_bytes()[:4] == b"\x89PNG"
-        # The untrained local codec's decoder would make noise: "auto" uses the mel head and Griffin-Lim.
+        # The untrained local codec's decoder would make noise: "auto" uses the exemplar frames and Griffin-Lim.
         continuation = saved["continuations"][domain]
-        assert (continuation["mel_source"], continuation["renderer"]) == ("learned", "mel")
+        assert (continuation["mel_source"], continuation["renderer"]) == ("exemplar", "mel")
         assert f"{domain} continuation" in printed and "Griffin-Lim" in printed
         described = continuation["description"]
-        for key in ("spectral_flatness", "energy_std_db", "energy_modulation_db"):
+        for key in ("spectral_flatness", "energy_std_db", "energy_modulation_db", "periodicity"):
             assert set(described[key]) == {"continuation", "rendered_prompt", "corpus", "white_noise"}
+        assert 0 < described["periodicity"]["corpus"] <= 1.01 and "periodicity (pitch)" in printed
         assert set(described["mel_l1_db"]) == {"continuation", "rendered_prompt", "white_noise"}
         numbers = [
             value for key in ("spectral_flatness", "energy_std_db", "mel_l1_db") for value in described[key].values()
@@ -89,6 +88,7 @@ def test_demo_trains_both_models_on_both_domains_and_prints_the_table(tmp_path, 
     # The demo's local codec has its encoder fitted to log-mel, so its codes describe each frame's spectrum.
     tokenizer = WhisperGPTProcessor.from_pretrained(tmp_path / "demo" / "processor").audio_tokenizer
     assert tokenizer.encoder_fitted_to_mel and tokenizer.calibrated and not tokenizer.decoder_trained
+    assert tokenizer.mel_exemplars is not None and tokenizer.mel_exemplars.shape[1] == tiny["num_mel_bins"]
 
 
 def test_describe_continuation_tells_corpus_like_audio_from_noise(tmp_path):
@@ -120,7 +120,35 @@ def test_describe_continuation_tells_corpus_like_audio_from_noise(tmp_path):
     assert hum["energy_std_db"]["continuation"] > 0.5 * good["energy_std_db"]["continuation"]
     assert hum["energy_modulation_db"]["continuation"] < 0.3 * good["energy_modulation_db"]["continuation"]
     assert good["energy_modulation_db"]["white_noise"] < 0.3 * good["energy_modulation_db"]["corpus"]
+    # Periodicity hears pitch: the corpus-like signal and the tone are periodic, noise is not, and neither is noise
+    # with the signal's spectral envelope but its harmonics smoothed away (what a blurred mel renders to).
+    assert good["periodicity"]["continuation"] > 0.8 and good["periodicity"]["corpus"] > 0.8
+    assert hum["periodicity"]["continuation"] > 0.95
+    assert bad["periodicity"]["continuation"] < 0.2 and good["periodicity"]["white_noise"] < 0.2
+    magnitude = np.abs(np.fft.rfft(like_corpus[24000:]))
+    envelope = np.convolve(magnitude, np.ones(400) / 400, mode="same")  # 400 Hz wide: wider than any harmonic gap
+    phases = np.exp(2j * np.pi * np.random.default_rng(1).uniform(size=len(magnitude)))
+    blurred = np.concatenate([prompt, np.fft.irfft(envelope * phases, 24000).astype(np.float32)])
+    assert describe_continuation(blurred, 24000, 75, references, extractor)["periodicity"]["continuation"] < 0.5
+    assert describe_continuation(prompt[:500], 24000, 1, references, extractor)["periodicity"]["continuation"] is None
     from whisper_gpt.demo import _syllable_rate_modulation
 
     for level in (-60.0, 0.0):  # a steady sound has no modulation, however loud and however short
         assert _syllable_rate_modulation(np.full(57, level), 75.0, floor_db=-110.0) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_frame_periodicity_reads_pitch_not_noise():
+    import numpy as np
+
+    from whisper_gpt.demo import frame_periodicity
+
+    t = np.arange(48000) / 24000
+    for pitch in (70.0, 220.0, 900.0):  # the ends of the range and the middle
+        tone = np.sin(2 * np.pi * pitch * t) + 0.5 * np.sin(2 * np.pi * 2 * pitch * t)
+        assert np.median(frame_periodicity(tone, 24000)) > 0.98
+    noise = np.random.default_rng(0).standard_normal(48000)
+    assert np.median(frame_periodicity(noise, 24000)) < 0.2
+    assert frame_periodicity(noise[:900], 24000).size == 0  # shorter than one 40 ms frame
+    # Pauses do not count: a tone with silences between its notes reads as the tone.
+    gated = np.where((t % 0.5) < 0.25, np.sin(2 * np.pi * 150 * t), 0.0)
+    assert np.median(frame_periodicity(gated, 24000)) > 0.95

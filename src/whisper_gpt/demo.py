@@ -3,8 +3,8 @@
 1. builds a small real speech corpus and a small real music corpus (`whisper_gpt.corpus.build_corpus`),
 2. builds one local EnCodec on training audio of both (no trained codec can be downloaded here): its encoder is
    fitted to predict each frame's log-mel (`WhisperGPTAudioTokenizer.fit_encoder_to_mel`, about 3 minutes), so
-   the codes are spectral prototypes a language model and the mel head learn quickly, then its codebooks are
-   calibrated by k-means,
+   the codes are spectral prototypes a language model learns quickly, then its codebooks are calibrated by k-means
+   and it keeps one real log-mel frame per codebook-0 code (`WhisperGPTAudioTokenizer.fit_mel_exemplars`),
 3. encodes both corpora with `datasets` (cached),
 4. trains the paper's hybrid Whisper-GPT and token-only GPT-S for ``minutes`` each per domain (the two models of a
    domain train at the same time, one CPU core each) on crops of ``max_frames``, with short files packed into full
@@ -16,11 +16,10 @@
    continuation of a held-out file by each hybrid model (WAV and PNG, `write_continuation`), with a few objective
    numbers that tell it apart from noise without listening (`describe_continuation`).
 
-The hybrid trains with the mel head (``use_mel_head=True``): no trained codec can be downloaded here, so the local
-codec's decoder makes noise, and the continuation is instead generated with the mel head's log-mel frames and
-rendered with Griffin-Lim (``whisper-gpt generate``'s "auto" choice for such a model and codec). The token-only
-GPT-S stays the paper's preset. The table counts the parameters that predict the codes, as the paper does; the
-hybrid's mel head is reported beside them (it is trained jointly but does not feed the code prediction).
+No trained codec can be downloaded here, so the local codec's decoder makes noise. The continuation is instead
+generated with the codec's exemplar frame of each new code as that frame's log-mel and rendered from those frames
+with Griffin-Lim (``whisper-gpt generate``'s "auto" choice for such a codec). Real frames keep the harmonics that an
+average over what a code stood for (the mel head's frames) blurs away, so the continuation keeps pitch.
 
 The numbers are honest measurements of minutes of CPU training on under an hour of audio with a locally calibrated
 codec; the paper trained far longer on far more audio with the published EnCodec, so only the comparison between
@@ -45,13 +44,11 @@ import numpy as np
 logger = logging.getLogger(__name__)
 
 MODELS = {"gpt_s": ("GPT-S (token-only)", "paper_gpt_s"), "hybrid": ("Whisper-GPT (hybrid)", "paper_hybrid")}
-# Config overrides on top of the preset: the hybrid also learns to predict the next log-mel frame, so its
-# continuation can be rendered with Griffin-Lim (the locally calibrated codec's decoder is not trained), and its mel
-# stream enters through a gate that starts closed: on the fitted codec's codes the ungated mel stream slowed the
-# hybrid's learning (held-out NLL 3.65 against 2.71 for GPT-S after 300 equal steps on speech,
-# scripts/mel_gate_effect.py). Gated, it learns as fast as GPT-S (2.70), but at this budget the gate stays nearly
-# closed, so the hybrid hardly uses the mel frames yet.
-MODEL_EXTRAS: dict[str, dict[str, Any]] = {"gpt_s": {}, "hybrid": {"use_mel_head": True, "mel_gate": True}}
+# Config overrides on top of the preset: the hybrid's mel stream enters through a gate that starts closed. On the
+# fitted codec's codes the ungated mel stream slowed the hybrid's learning (held-out NLL 3.65 against 2.71 for GPT-S
+# after 300 equal steps on speech, scripts/mel_gate_effect.py). Gated, it learns as fast as GPT-S (2.70), but at this
+# budget the gate stays nearly closed, so the hybrid hardly uses the mel frames yet.
+MODEL_EXTRAS: dict[str, dict[str, Any]] = {"gpt_s": {}, "hybrid": {"mel_gate": True}}
 DOMAINS = ("speech", "music")
 # arXiv 2412.11449, codebook 0 of the published 24 kHz EnCodec: parameters, NLL (nats), accuracy.
 PAPER = {
@@ -148,8 +145,9 @@ def write_continuation(
 
     Uses ``whisper-gpt generate`` (with ``--mel-source`` / ``--render`` as given, "auto" by default), so the demo shows
     exactly what the command gives a user. Returns where the files are and what the command chose: ``mel_source``
-    ("learned": the mel head, "codec": decoded codes, None: token-only model), ``renderer`` ("mel": Griffin-Lim from
-    the log-mel frames, "codec": the codec's decoder) and ``new_frames`` (generated frames at the end of the WAV).
+    ("exemplar": the codec's exemplar frames, "learned": the mel head, "codec": decoded codes, None: token-only model),
+    ``renderer`` ("mel": Griffin-Lim from the log-mel frames, "codec": the codec's decoder) and ``new_frames``
+    (generated frames at the end of the WAV).
     """
     from .cli import run
 
@@ -193,6 +191,33 @@ def _syllable_rate_modulation(frame_db: np.ndarray, frame_rate: float, floor_db:
 
     band = moving_average(level - moving_average(level, 0.5), 0.05)[edge : len(level) - edge]
     return float(band.std())
+
+
+def frame_periodicity(
+    wave: np.ndarray, rate: int, min_hz: float = 60.0, max_hz: float = 1000.0, active_db: float = 30.0
+) -> np.ndarray:
+    """Per active 40 ms frame (10 ms apart), the height of the highest autocorrelation peak at the lag of a pitch
+    between ``min_hz`` and ``max_hz``: about 1 for a periodic sound (voiced speech, a held note), low for noise.
+
+    The autocorrelation of each Hann-windowed frame is normalised by its value at lag 0 and divided by the window's
+    own autocorrelation (Boersma 1993), so a periodic signal reads near 1 at its period's lag however long the lag.
+    Frames more than ``active_db`` below the loudest are left out (pauses are neither pitched nor noisy). Returns an
+    empty array for a signal shorter than one frame.
+    """
+    size, hop = round(0.04 * rate), round(0.01 * rate)
+    if len(wave) < size:
+        return np.zeros(0)
+    starts = np.arange(0, len(wave) - size + 1, hop)
+    frames = np.asarray(wave, dtype=np.float64)[starts[:, None] + np.arange(size)]  # (N, size)
+    frames -= frames.mean(axis=1, keepdims=True)
+    energy_db = 10.0 * np.log10((frames**2).mean(axis=1) + 1e-20)
+    window = np.hanning(size)
+    windowed = frames[energy_db >= energy_db.max() - active_db] * window
+    lags = np.arange(math.ceil(rate / max_hz), min(size // 2, math.floor(rate / min_hz)) + 1)
+    autocorrelation = np.fft.irfft(np.abs(np.fft.rfft(windowed, 2 * size, axis=1)) ** 2, axis=1)  # (N, 2 * size)
+    window_autocorrelation = np.fft.irfft(np.abs(np.fft.rfft(window, 2 * size)) ** 2)
+    relative = autocorrelation[:, lags] / np.maximum(autocorrelation[:, :1], 1e-30)
+    return (relative / (window_autocorrelation[lags] / window_autocorrelation[0])).max(axis=1)
 
 
 def _mel_statistics(log_mel: np.ndarray, frame_rate: float, active_db: float = 50.0) -> dict[str, Any]:
@@ -241,6 +266,10 @@ def describe_continuation(
       syllable rhythm and for music's notes, but also for a sound that only swells).
     * ``energy_modulation_db``: the part of that energy's variation at the rate of syllables and notes (about
       1.5-12 Hz; near 0 for a steady or slowly swelling sound; None for under 0.75 s of audio).
+    * ``periodicity``: from the waveform, not the log-mel: the median over active 40 ms frames of the highest
+      normalised autocorrelation peak at a pitch's lag (60-1000 Hz): about 1 for voiced speech and held notes, about
+      0.15 for white noise (None for under 40 ms). The one number here that hears pitch: harmonics blurred into a
+      smooth spectrum read low however speech-like the envelope.
 
     Keys ``continuation``, ``rendered_prompt``, ``corpus`` and ``white_noise`` hold each signal's numbers.
     """
@@ -253,14 +282,15 @@ def describe_continuation(
     frames = log_mel(np.asarray(wave, dtype=np.float32), sampling_rate)
     new_frames = min(new_frames, len(frames))
     generated, prompt_part = frames[len(frames) - new_frames :], frames[: len(frames) - new_frames]
-    generated_audio = np.asarray(wave, dtype=np.float64)[-round(len(wave) * new_frames / len(frames)) :]
-    reference, total = [], 0.0
+    generated_audio = np.asarray(wave, dtype=np.float64)[len(wave) - round(len(wave) * new_frames / len(frames)) :]
+    reference, reference_periodicity, total = [], [], 0.0
     for path in reference_files:
         if total >= max_reference_seconds:
             break
         audio, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
         audio = audio.mean(axis=1)[: int((max_reference_seconds - total) * rate) + 1]
         reference.append(log_mel(audio, rate))
+        reference_periodicity.append(frame_periodicity(audio, rate))
         total += len(audio) / rate
     rms = float(np.sqrt(np.mean(generated_audio**2))) if len(generated_audio) else 0.0
     # Noise from before the generated part too, so its first frames are not a window half full of zeros.
@@ -272,6 +302,12 @@ def describe_continuation(
         "corpus": np.concatenate(reference) if reference else None,
         "white_noise": log_mel(noise, sampling_rate)[-new_frames:],
     }
+    periodicity = {
+        "continuation": frame_periodicity(generated_audio, sampling_rate),
+        "rendered_prompt": frame_periodicity(np.asarray(wave)[: len(wave) - len(generated_audio)], sampling_rate),
+        "corpus": np.concatenate(reference_periodicity) if reference else np.zeros(0),
+        "white_noise": frame_periodicity(noise[lead:], sampling_rate),
+    }
     frame_rate = feature_extractor.sampling_rate / feature_extractor.hop_length
     stats = {name: _mel_statistics(mel, frame_rate) for name, mel in signals.items() if mel is not None and len(mel)}
     result: dict[str, Any] = {
@@ -281,6 +317,9 @@ def describe_continuation(
     }
     for key in ("spectral_flatness", "energy_std_db", "energy_modulation_db"):
         result[key] = {name: values[key] for name, values in stats.items()}
+    result["periodicity"] = {
+        name: float(np.median(values)) if len(values) else None for name, values in periodicity.items() if name in stats
+    }
     if "corpus" in stats:
         target = stats["corpus"]["mean_spectrum_db"]
         result["mel_l1_db"] = {
@@ -295,30 +334,19 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     """The paper-style table: ours beside the paper's, per domain and model.
 
     ``steps`` is shown because each model gets the same training time, not the same number of steps: the hybrid's
-    mel path makes its steps slower. ``params`` counts what predicts the codes, as the paper does; rows with a mel
-    head (``mel_head_params``) are marked and a footnote gives the head's size, and how open each gated mel stream
-    ended (``mel_gate``).
+    mel path makes its steps slower. A footnote says how open each gated mel stream ended (``mel_gate``).
     """
     header = (
         f"{'domain':<7} {'model':<21} {'params':>11} {'steps':>6} {'NLL':>6} {'acc':>7} {'PPL':>7} | "
         f"{'paper':>6} {'NLL':>5} {'acc':>7} {'PPL':>6}"
     )
     lines = [header, "-" * len(header)]
-    heads = sorted({row.get("mel_head_params", 0) for row in rows} - {0})
     for row in rows:
-        mark = "*" if row.get("mel_head_params", 0) else " "
         lines.append(
-            f"{row['domain']:<7} {row['model']:<21} {row['params'] / 1e6:>9.2f}M{mark} {row['steps']:>6} "
+            f"{row['domain']:<7} {row['model']:<21} {row['params'] / 1e6:>9.2f}M  {row['steps']:>6} "
             f"{row['nll']:>6.3f} {row['accuracy']:>7.2%} {row['perplexity']:>7.2f} | "
             f"{row['paper_params'] / 1e6:>5.1f}M {row['paper_nll']:>5.2f} {row['paper_accuracy']:>7.2%} "
             f"{math.exp(row['paper_nll']):>6.2f}"
-        )
-    if heads:
-        sizes = " / ".join(f"{head / 1e6:.3f}M" for head in heads)
-        lines.append(
-            f"* plus a mel head ({sizes}), trained jointly with the codes (L1 loss on the next log-mel frame) so the\n"
-            "  continuation can be rendered with Griffin-Lim. It reads the codes through the shared code embeddings\n"
-            "  and does not feed the code prediction; it adds to the step time. The paper's hybrid had no such head."
         )
     gates = [f"{row['domain']} {row['mel_gate']:.3f}" for row in rows if row.get("mel_gate") is not None]
     if gates:
@@ -376,9 +404,7 @@ def run_demo(
     overrides = dict(model_overrides or {})
     for name in ("use_spectrogram", "use_mel_head"):
         if name in overrides:
-            raise ValueError(
-                f"The demo compares the hybrid (with a mel head) and the token-only model; do not override {name}."
-            )
+            raise ValueError(f"The demo compares the paper's hybrid and token-only models; do not override {name}.")
 
     if corpora is None:
         corpora = {}
@@ -465,13 +491,12 @@ def run_demo(
     for (domain, key), summary in summaries.items():
         paper_params, paper_nll, paper_accuracy = PAPER[(domain, key)]
         first = summary["validation"]["codebook_0"]
-        head, gate = _mel_head_and_gate(summary["final_dir"])
+        gate = _mel_gate(summary["final_dir"])
         rows.append(
             {
                 "domain": domain,
                 "model": MODELS[key][0],
-                "params": summary["num_parameters"] - head,  # what predicts the codes, as the paper counts
-                "mel_head_params": head,
+                "params": summary["num_parameters"],
                 "mel_gate": gate,
                 "nll": first["nll"],
                 "accuracy": first["accuracy"],
@@ -509,9 +534,9 @@ def run_demo(
                 out / f"continuation-{domain}",
                 continuation_seconds,
             )
-            if (written["mel_source"], written["renderer"]) != ("learned", "mel"):
+            if (written["mel_source"], written["renderer"]) != ("exemplar", "mel"):
                 logger.warning(
-                    "%s continuation: mel from %s, rendered by %s (expected the mel head and Griffin-Lim)",
+                    "%s continuation: mel from %s, rendered by %s (expected the codec's exemplars and Griffin-Lim)",
                     domain,
                     written["mel_source"],
                     written["renderer"],
@@ -534,26 +559,21 @@ def run_demo(
     return result
 
 
-def _mel_head_and_gate(model_dir: str | os.PathLike) -> tuple[int, float | None]:
-    """The saved model's mel-head parameters (0 without one) and how open its mel gate is (tanh of the learned
-    scalar; None without a gate)."""
+def _mel_gate(model_dir: str | os.PathLike) -> float | None:
+    """How open the saved model's mel gate is (tanh of the learned scalar; None without a gate)."""
     import torch
 
     from .modeling_whisper_gpt import WhisperGPTForCausalLM
 
-    model = WhisperGPTForCausalLM.from_pretrained(model_dir)
-    head = getattr(model, "mel_head", None)
-    fusion = getattr(model.model, "fusion", None)
+    fusion = getattr(WhisperGPTForCausalLM.from_pretrained(model_dir).model, "fusion", None)
     gate = fusion.mel_gate if fusion is not None else None
-    return (
-        sum(p.numel() for p in head.parameters()) if head is not None else 0,
-        torch.tanh(gate).item() if gate is not None else None,
-    )
+    return torch.tanh(gate).item() if gate is not None else None
 
 
 def _continuation_line(written: dict[str, Any]) -> str:
     """One line: how a continuation was made and its numbers beside the corpus's and white noise's."""
-    source = {"learned": "the mel head", "codec": "the codec-decoded codes"}.get(written["mel_source"], "none")
+    source = {"learned": "the mel head", "codec": "the codec-decoded codes", "exemplar": "the codec's exemplar frames"}
+    source = source.get(written["mel_source"], "none")
     renderer = {"mel": "Griffin-Lim from the log-mel frames", "codec": "the codec's decoder"}[written["renderer"]]
     described = written["description"]
     parts = [f"{Path(written['wav']).name} (mel frames from {source}; rendered with {renderer})"]
@@ -570,6 +590,10 @@ def _continuation_line(written: dict[str, Any]) -> str:
     for key, label in (("energy_std_db", "frame-energy std"), ("energy_modulation_db", "its 1.5-12 Hz part")):
         values = {name.replace("_", " "): "n/a" if v is None else f"{v:.1f} dB" for name, v in described[key].items()}
         parts.append(label + " " + ", ".join(f"{name} {value}" for name, value in values.items()))
+    values = {
+        name.replace("_", " "): "n/a" if v is None else f"{v:.2f}" for name, v in described["periodicity"].items()
+    }
+    parts.append("periodicity (pitch) " + ", ".join(f"{name} {value}" for name, value in values.items()))
     return "; ".join(parts)
 
 
@@ -585,7 +609,9 @@ def _write_results_md(out: Path, table: str, continuations: dict[str, dict[str, 
             "\n## Continuations\n\nEach hybrid model continues 3 s of a held-out file (`whisper-gpt generate`, default "
             "options). Numbers from `describe_continuation`: L1 between the average log-mel spectrum of the generated "
             "part and of the held-out corpus (dB; white noise of the same loudness for comparison), spectral flatness "
-            "(about 1 for white noise) and the standard deviation of frame energy (about 0 for steady noise).\n\n"
+            "(about 1 for white noise), the standard deviation of frame energy (about 0 for steady noise) and its "
+            "syllable-rate part, and periodicity (the autocorrelation peak at a pitch's lag: about 1 for voiced "
+            "speech and held notes, about 0.15 for white noise).\n\n"
         )
         for domain, written in continuations.items():
             text += f"- **{domain}**: {_continuation_line(written)}\n"
@@ -627,4 +653,11 @@ def _demo_command(args: argparse.Namespace) -> dict[str, Any]:
     )
 
 
-__all__ = ["describe_continuation", "format_table", "register_cli", "run_demo", "write_continuation"]
+__all__ = [
+    "describe_continuation",
+    "format_table",
+    "frame_periodicity",
+    "register_cli",
+    "run_demo",
+    "write_continuation",
+]
