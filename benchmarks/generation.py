@@ -11,7 +11,9 @@ Models (paper size, random weights; speed does not depend on the weights):
 * ``token_k1`` / ``token_k8``: `paper_gpt_s(num_codebooks=1 | 8)`, the token-only model of equal decoder
   (no codec in the loop);
 * ``hybrid_k8_learned_mel`` (when the package has it): `paper_hybrid(num_codebooks=8, use_mel_head=True)` with
-  ``mel_source="learned"``: the model predicts the next mel frame itself, no codec in the loop.
+  ``mel_source="learned"``: the model predicts the next mel frame itself, no codec in the loop;
+* ``hybrid_k8_exemplar_mel`` (when the package has it): `paper_hybrid(num_codebooks=8)` with ``mel_source="exemplar"``:
+  each new frame's mel is the codec's exemplar frame of its codebook-0 code (a table look-up, no codec in the loop).
 
 Codec: the real 24 kHz EnCodec architecture (`transformers.EncodecConfig()`) with random weights, 8 codebooks
 (6 kbps). Prompt: 1 s of audio through the processor. Sampling: ``do_sample=True, top_k=50`` with a seeded
@@ -46,9 +48,11 @@ from benchmarks.common import (
 )
 
 PROMPT_SECONDS = 1.0
+# The cases whose new mel frames come from elsewhere than the codec's decoder.
+MEL_SOURCES = {"hybrid_k8_learned_mel": "learned", "hybrid_k8_exemplar_mel": "exemplar"}
 
 
-def build_models(quick: bool) -> dict[str, Any]:
+def build_models(quick: bool, exemplars: bool) -> dict[str, Any]:
     import torch
 
     from whisper_gpt import WhisperGPTConfig, WhisperGPTForCausalLM
@@ -61,6 +65,8 @@ def build_models(quick: bool) -> dict[str, Any]:
     }
     if hasattr(WhisperGPTConfig(), "use_mel_head"):
         configs["hybrid_k8_learned_mel"] = WhisperGPTConfig.paper_hybrid(num_codebooks=8, use_mel_head=True)
+    if exemplars:
+        configs["hybrid_k8_exemplar_mel"] = WhisperGPTConfig.paper_hybrid(num_codebooks=8)
     models = {}
     for name, config in configs.items():
         torch.manual_seed(0)
@@ -78,7 +84,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     repeats = args.repeats or (1 if args.quick else 2)
     tokenizer = random_weight_codec(args.quick)
     processor = WhisperGPTProcessor(WhisperGPTFeatureExtractor(), tokenizer)
-    models = build_models(args.quick)
+    exemplars = hasattr(tokenizer, "fit_mel_exemplars")
+    if exemplars:  # the look-up costs the same whatever the frames; 10 s of audio fills the table
+        tokenizer.fit_mel_exemplars([synthetic_audio(10.0, seed=99)], processor.feature_extractor)
+    models = build_models(args.quick, exemplars)
     generate_parameters = inspect.signature(next(iter(models.values())).generate).parameters
     has_mel_source = "mel_source" in generate_parameters
 
@@ -94,7 +103,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if name.startswith("hybrid"):
             kwargs["audio_tokenizer"] = tokenizer
             if has_mel_source:
-                kwargs["mel_source"] = "learned" if name.endswith("learned_mel") else "codec"
+                kwargs["mel_source"] = MEL_SOURCES.get(name, "codec")
         else:
             prompt.pop("input_features", None)
 

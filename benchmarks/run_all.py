@@ -64,6 +64,7 @@ SUMMARY_KEYS = {
         "token_k8_b8_rtf": "token_k8_b8_rtf",
         "token_k1_b8_rtf": "token_k1_b8_rtf",
         "hybrid_k8_learned_mel_b1_rtf": "hybrid_k8_learned_mel_b1_rtf",
+        "hybrid_k8_exemplar_mel_b1_rtf": "hybrid_k8_exemplar_mel_b1_rtf",
     },
 }
 REQUIRED_KEYS = (
@@ -201,6 +202,7 @@ def markdown(result: dict[str, Any]) -> str:
         "generation.token_k8_b8_rtf": "token-only K=8, batch 8, per stream",
         "generation.token_k1_b8_rtf": "token-only K=1, batch 8, per stream",
         "generation.hybrid_k8_learned_mel_b1_rtf": 'hybrid K=8 with mel_source="learned" (no codec), batch 1',
+        "generation.hybrid_k8_exemplar_mel_b1_rtf": 'hybrid K=8 with mel_source="exemplar" (no codec), batch 1',
     }
     for section in ("training", "context", "features", "generation"):
         for key, value in result.get(section, {}).items():

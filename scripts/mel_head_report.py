@@ -1,22 +1,27 @@
-"""How good is the learned mel-from-codes head, and how much faster does it make generation?
+"""How good are the learned mel-from-codes head and the codec's mel exemplars, and how much faster is generation?
 
 Trains the paper's hybrid with ``use_mel_head=True`` on a built corpus (a short run), then on the held-out
 files measures the mel L1 to the true causal log-mel frame t+1 of:
 - the learned frame (the mel head on the true codes of the frames its window covers),
+- the codec's exemplar frame of code t+1 (`WhisperGPTAudioTokenizer.fit_mel_exemplars`: a real frame per code),
 - the frame computed from codec-decoded audio (codebook 0 only, and all 8 codebooks),
 - copying frame t (a baseline generation cannot use: it has no true frame t),
 - holding the frame at 0.5 s for the rest of the clip (what a head that only copies would give in generation),
   beside the learned frames on those same frames,
 and the correlation of the learned frames' loudness (mean log-mel) with the true frames'. The head reads only codes,
-so its frames here are the frames it gives in generation for the same codes. Finally it times generation (seconds
-of audio per wall-clock second) with ``mel_source="learned"`` against ``mel_source="codec"`` for the same model.
+so its frames here are the frames it gives in generation for the same codes. ``heldout_periodicity`` renders the
+true, learned and exemplar frames of the held-out files with Griffin-Lim and gives the median periodicity of each
+(`whisper_gpt.demo.describe_continuation`: about 1 for voiced speech and held notes, 0.15 for white noise): how much
+pitch survives each way of getting the frames. Finally it times generation (seconds of audio per wall-clock second)
+with ``mel_source="learned"`` and ``"exemplar"`` against ``mel_source="codec"`` for the same model.
 Prints JSON; ``--out`` writes it.
 
     whisper-gpt corpus speech runs/corpus/speech --minutes 3
     python scripts/mel_head_report.py --corpus runs/corpus/speech --out docs/mel_head_speech.json
 
-``--model DIR`` skips training and measures a model already trained with the head on that corpus (e.g. the
-speech hybrid that ``whisper-gpt demo`` leaves in ``runs/demo/models/speech-hybrid/final``).
+``--model DIR`` skips training and measures a model already trained with the head on that corpus;
+``--processor DIR`` trains with that processor instead of building a codec (e.g. ``runs/demo/processor``, the codec
+that ``whisper-gpt demo`` builds).
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ import torch
 from whisper_gpt import WhisperGPTForCausalLM, WhisperGPTProcessor
 from whisper_gpt.corpus import audio_files
 from whisper_gpt.data import build_processor
+from whisper_gpt.demo import frame_periodicity
 from whisper_gpt.training import TrainingConfig, train
 
 
@@ -48,9 +54,19 @@ def heldout_clips(corpus: Path, seconds: float) -> list[np.ndarray]:
     return clips
 
 
-def mel_errors(model: WhisperGPTForCausalLM, processor: WhisperGPTProcessor, clips: list[np.ndarray]) -> dict:
-    """Mean L1 (over frames and bins) to the true mel frame t+1, for each way of getting it."""
-    sums = {"learned": 0.0, "codec_codebook0": 0.0, "codec_8_codebooks": 0.0, "copy_previous_frame": 0.0}
+def mel_errors(
+    model: WhisperGPTForCausalLM, processor: WhisperGPTProcessor, clips: list[np.ndarray]
+) -> tuple[dict, dict]:
+    """Mean L1 (over frames and bins) to the true mel frame t+1 for each way of getting it, and the periodicity of
+    the true, learned and exemplar frames rendered with Griffin-Lim."""
+    sums = {
+        "learned": 0.0,
+        "exemplar": 0.0,
+        "codec_codebook0": 0.0,
+        "codec_8_codebooks": 0.0,
+        "copy_previous_frame": 0.0,
+    }
+    periodicity: dict[str, list[np.ndarray]] = {"true": [], "learned": [], "exemplar": []}
     held, learned_late, learned_loudness, true_loudness = [], [], [], []
     frames = 0
     extractor = processor.feature_extractor
@@ -62,7 +78,11 @@ def mel_errors(model: WhisperGPTForCausalLM, processor: WhisperGPTProcessor, cli
             batch = processor(audio=clip, sampling_rate=24000)
             true = batch.input_features[0]  # (T, M)
             predicted = model(**batch).predicted_mel[0]
+            exemplar = processor.audio_tokenizer.mel_exemplar_frames(batch.input_ids, extractor)[0]
             sums["learned"] += float((predicted[:-1] - true[1:]).abs().mean(-1).sum())
+            sums["exemplar"] += float((exemplar[1:] - true[1:]).abs().mean(-1).sum())
+            for name, mel in (("true", true[1:]), ("learned", predicted[:-1]), ("exemplar", exemplar[1:])):
+                periodicity[name].append(frame_periodicity(extractor.mel_to_audio(mel[None])[0].numpy(), 24000))
             for name, codebooks in (("codec_codebook0", 1), ("codec_8_codebooks", 8)):
                 audio = processor.audio_tokenizer.decode(batch.input_ids[:, :codebooks])[:, : len(clip)]
                 decoded = extractor.causal_log_mel(audio)[0]
@@ -80,13 +100,13 @@ def mel_errors(model: WhisperGPTForCausalLM, processor: WhisperGPTProcessor, cli
         "hold_frame_at_half_second": float(torch.cat(held).mean()),
         "learned_after_half_second": float(torch.cat(learned_late).mean()),
         "learned_loudness_correlation": float(torch.corrcoef(loudness)[0, 1]),
-    }
+    }, {name: float(np.median(np.concatenate(values))) for name, values in periodicity.items()}
 
 
 def generation_speed(model, processor, clip: np.ndarray, new_frames: int, repeats: int) -> dict:
-    """Seconds of generated audio per wall-clock second, interleaving the two mel sources."""
+    """Seconds of generated audio per wall-clock second, interleaving the three mel sources."""
     prompt = processor(audio=clip[: 2 * 24000], sampling_rate=24000)
-    times: dict[str, list[float]] = {"learned": [], "codec": []}
+    times: dict[str, list[float]] = {"learned": [], "exemplar": [], "codec": []}
     for _ in range(repeats):
         for source in times:
             started = time.perf_counter()
@@ -106,20 +126,25 @@ def generation_speed(model, processor, clip: np.ndarray, new_frames: int, repeat
     return {
         "new_frames": new_frames,
         "rtf_learned": rtf["learned"],
+        "rtf_exemplar": rtf["exemplar"],
         "rtf_codec": rtf["codec"],
         "speedup_learned_over_codec": rtf["learned"] / rtf["codec"],
+        "speedup_exemplar_over_codec": rtf["exemplar"] / rtf["codec"],
     }
 
 
-def train_with_mel_head(corpus: Path, work_dir: Path, steps: int) -> Path:
-    """Calibrate a codec on the corpus and train the paper hybrid with the mel head; returns the final folder."""
-    processor, _ = build_processor(audio_files(corpus, split="train"), bandwidth=6.0)
-    processor.save_pretrained(work_dir / "processor")
+def train_with_mel_head(corpus: Path, work_dir: Path, steps: int, processor_dir: Path | None) -> Path:
+    """Train the paper hybrid with the mel head on the corpus, with the processor in ``processor_dir`` (else a codec
+    built on the corpus); returns the final folder."""
+    if processor_dir is None:
+        processor, _ = build_processor(audio_files(corpus, split="train"), bandwidth=6.0)
+        processor_dir = work_dir / "processor"
+        processor.save_pretrained(processor_dir)
     train(
         TrainingConfig(
             output_dir=str(work_dir / "model"),
             train_data=str(corpus),
-            processor=str(work_dir / "processor"),
+            processor=str(processor_dir),
             preset="paper_hybrid",
             model_overrides={"use_mel_head": True},
             max_frames=300,
@@ -140,6 +165,7 @@ def main() -> None:
     parser.add_argument("--corpus", type=Path, required=True, help="a corpus built by `whisper-gpt corpus`")
     parser.add_argument("--work-dir", type=Path, default=Path("runs/mel_head"))
     parser.add_argument("--model", type=Path, help="measure this trained model and its processor; no training")
+    parser.add_argument("--processor", type=Path, help="train with this processor (e.g. runs/demo/processor)")
     parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--heldout-seconds", type=float, default=60.0)
     parser.add_argument("--new-frames", type=int, default=150)
@@ -149,7 +175,7 @@ def main() -> None:
     torch.set_flush_denormal(True)
     started = time.perf_counter()
 
-    final = args.model or train_with_mel_head(args.corpus, args.work_dir, args.steps)
+    final = args.model or train_with_mel_head(args.corpus, args.work_dir, args.steps, args.processor)
     # `train` writes its summary next to the final folder (also for the demo's models).
     summary_file = final.parent / "training_summary.json"
     training = json.loads(summary_file.read_text()) if summary_file.is_file() else None
@@ -158,13 +184,15 @@ def main() -> None:
         raise ValueError(f"{final} has no mel head (use_mel_head=False); train one with use_mel_head=True.")
     processor = WhisperGPTProcessor.from_pretrained(final)
     clips = heldout_clips(args.corpus, args.heldout_seconds)
+    heldout_mel_l1, heldout_periodicity = mel_errors(model, processor, clips)
     report = {
         "command": "python scripts/mel_head_report.py "
         + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v is not None),
         "corpus": str(args.corpus),
         "model": str(final),
         "training": training,
-        "heldout_mel_l1": mel_errors(model, processor, clips),
+        "heldout_mel_l1": heldout_mel_l1,
+        "heldout_periodicity": heldout_periodicity,
         "generation": generation_speed(model, processor, np.concatenate(clips), args.new_frames, repeats=3),
         "codec": repr(processor.audio_tokenizer),
         "machine": {"processor": platform.processor() or platform.machine(), "torch_threads": torch.get_num_threads()},
