@@ -4,7 +4,7 @@ Trains the paper's hybrid with ``use_mel_head=True`` on a built corpus (a short 
 files measures the mel L1 to the true causal log-mel frame t+1 of:
 - the learned frame (the mel head on the true codes of the frames its window covers),
 - the codec's exemplar frame of code t+1 (`WhisperGPTAudioTokenizer.fit_mel_exemplars`: a real frame per code),
-- the frame computed from codec-decoded audio (codebook 0 only, and all 8 codebooks),
+- the frame computed from codec-decoded audio (codebook 0 only, and all the codebooks the codec emits),
 - copying frame t (a baseline generation cannot use: it has no true frame t),
 - holding the frame at 0.5 s for the rest of the clip (what a head that only copies would give in generation),
   beside the learned frames on those same frames,
@@ -12,7 +12,9 @@ and the correlation of the learned frames' loudness (mean log-mel) with the true
 so its frames here are the frames it gives in generation for the same codes. ``heldout_periodicity`` renders the
 true, learned and exemplar frames of the held-out files with Griffin-Lim and gives the median periodicity of each
 (`whisper_gpt.demo.describe_continuation`: about 1 for voiced speech and held notes, 0.15 for white noise): how much
-pitch survives each way of getting the frames. Finally it times generation (seconds of audio per wall-clock second)
+pitch survives each way of getting the frames. ``continuations`` continues 3 s of a held-out file (the demo's prompt)
+with each mel source, same seeds, renders with Griffin-Lim and describes the results as the demo does (mean over 3
+seeds). Finally it times generation (seconds of audio per wall-clock second)
 with ``mel_source="learned"`` and ``"exemplar"`` against ``mel_source="codec"`` for the same model.
 Prints JSON; ``--out`` writes it.
 
@@ -38,8 +40,9 @@ import torch
 
 from whisper_gpt import WhisperGPTForCausalLM, WhisperGPTProcessor
 from whisper_gpt.corpus import audio_files
-from whisper_gpt.data import build_processor
-from whisper_gpt.demo import frame_periodicity
+from whisper_gpt.data import build_processor, load_audio
+from whisper_gpt.demo import _prompt_file, describe_continuation, frame_periodicity
+from whisper_gpt.feature_extraction_whisper_gpt import normalize_audio_batch
 from whisper_gpt.training import TrainingConfig, train
 
 
@@ -63,7 +66,7 @@ def mel_errors(
         "learned": 0.0,
         "exemplar": 0.0,
         "codec_codebook0": 0.0,
-        "codec_8_codebooks": 0.0,
+        "codec_all_codebooks": 0.0,
         "copy_previous_frame": 0.0,
     }
     periodicity: dict[str, list[np.ndarray]] = {"true": [], "learned": [], "exemplar": []}
@@ -83,7 +86,7 @@ def mel_errors(
             sums["exemplar"] += float((exemplar[1:] - true[1:]).abs().mean(-1).sum())
             for name, mel in (("true", true[1:]), ("learned", predicted[:-1]), ("exemplar", exemplar[1:])):
                 periodicity[name].append(frame_periodicity(extractor.mel_to_audio(mel[None])[0].numpy(), 24000))
-            for name, codebooks in (("codec_codebook0", 1), ("codec_8_codebooks", 8)):
+            for name, codebooks in (("codec_codebook0", 1), ("codec_all_codebooks", None)):
                 audio = processor.audio_tokenizer.decode(batch.input_ids[:, :codebooks])[:, : len(clip)]
                 decoded = extractor.causal_log_mel(audio)[0]
                 sums[name] += float((decoded[1:] - true[1:]).abs().mean(-1).sum())
@@ -101,6 +104,40 @@ def mel_errors(
         "learned_after_half_second": float(torch.cat(learned_late).mean()),
         "learned_loudness_correlation": float(torch.corrcoef(loudness)[0, 1]),
     }, {name: float(np.median(np.concatenate(values))) for name, values in periodicity.items()}
+
+
+def continuations(model, processor, corpus: Path, new_frames: int, seeds: int = 3) -> dict:
+    """Continue 3 s of a held-out file (the demo's prompt choice) with learned and with exemplar mel frames, same
+    codes sampler and seeds, render with Griffin-Lim, and describe each (`describe_continuation`, mean over seeds)."""
+    held_out = audio_files(corpus, split="validation")
+    prompt_file = _prompt_file(held_out, 0)
+    audio, rate = soundfile.read(prompt_file, dtype="float32", always_2d=True)
+    prompt = processor(audio=audio.mean(axis=1)[-3 * rate :], sampling_rate=rate)
+    others = [path for path in held_out if Path(path) != Path(prompt_file)]
+    keys = ("periodicity", "energy_modulation_db", "spectral_flatness", "mel_l1_db")
+    described: dict[str, dict[str, list[float]]] = {}
+    for source in ("learned", "exemplar"):
+        for seed in range(seeds):
+            output = model.generate(
+                **prompt,
+                audio_tokenizer=processor.audio_tokenizer,
+                feature_extractor=processor.feature_extractor,
+                mel_source=source,
+                max_new_tokens=new_frames,
+                do_sample=True,
+                top_k=50,
+                generator=torch.Generator().manual_seed(seed),
+                return_dict_in_generate=True,
+            )
+            (wave,) = processor.mel_to_audio(output.input_features)
+            numbers = describe_continuation(wave, 24000, new_frames, others, processor.feature_extractor, seed=seed)
+            for key in keys:
+                for name, value in numbers[key].items():
+                    described.setdefault(f"{source}.{key}", {}).setdefault(name, []).append(value)
+    return {"prompt": str(prompt_file), "seeds": seeds} | {
+        key: {name: float(np.mean(values)) for name, values in by_signal.items()}
+        for key, by_signal in described.items()
+    }
 
 
 def generation_speed(model, processor, clip: np.ndarray, new_frames: int, repeats: int) -> dict:
@@ -183,6 +220,12 @@ def main() -> None:
     if not model.config.use_mel_head:
         raise ValueError(f"{final} has no mel head (use_mel_head=False); train one with use_mel_head=True.")
     processor = WhisperGPTProcessor.from_pretrained(final)
+    if processor.audio_tokenizer.mel_exemplars is None:  # a codec saved before exemplars existed
+        rate = processor.audio_tokenizer.sampling_rate
+        train_clips = (
+            normalize_audio_batch(*load_audio(path), rate)[0] for path in audio_files(args.corpus, split="train")
+        )
+        processor.audio_tokenizer.fit_mel_exemplars(train_clips, processor.feature_extractor)
     clips = heldout_clips(args.corpus, args.heldout_seconds)
     heldout_mel_l1, heldout_periodicity = mel_errors(model, processor, clips)
     report = {
@@ -193,6 +236,7 @@ def main() -> None:
         "training": training,
         "heldout_mel_l1": heldout_mel_l1,
         "heldout_periodicity": heldout_periodicity,
+        "continuations": continuations(model, processor, args.corpus, args.new_frames),
         "generation": generation_speed(model, processor, np.concatenate(clips), args.new_frames, repeats=3),
         "codec": repr(processor.audio_tokenizer),
         "machine": {"processor": platform.processor() or platform.machine(), "torch_threads": torch.get_num_threads()},

@@ -49,7 +49,7 @@ def test_demo_trains_both_models_on_both_domains_and_prints_the_table(tmp_path, 
         assert row["model"] in printed and f"{row['nll']:.3f}" in printed
         model = WhisperGPTForCausalLM.from_pretrained(row["model_dir"])
         hybrid = row["model"].startswith("Whisper-GPT")
-        assert sum(p.numel() for p in model.parameters()) == row["params"]
+        assert row["params"] == sum(p.numel() for p in model.parameters()) > 0
         # The paper's two models, without a mel head: the codec's exemplar frames make the continuation audible.
         assert model.config.use_spectrogram == hybrid and not model.config.use_mel_head
         card = (Path(row["model_dir"]) / "README.md").read_text()

@@ -32,9 +32,10 @@ def exemplar_processor(tiny_processor, clips) -> WhisperGPTProcessor:
 
 def codes_and_frames(processor, clips) -> tuple[torch.Tensor, torch.Tensor]:
     """Codebook-0 codes (N,) and causal log-mel frames (N, M) of the clips, frame by frame."""
-    codes = torch.cat([processor.audio_tokenizer.encode_clips([clip])[0][0] for clip in clips])
-    frames = torch.cat([processor.feature_extractor.causal_log_mel(torch.from_numpy(clip)[None])[0] for clip in clips])
-    return codes, frames
+    codes = [processor.audio_tokenizer.encode_clips([clip])[0][0] for clip in clips]
+    frames = [processor.feature_extractor.causal_log_mel(torch.from_numpy(clip)[None])[0] for clip in clips]
+    assert [len(c) for c in codes] == [len(f) for f in frames] == [-(-len(clip) // 320) for clip in clips]
+    return torch.cat(codes), torch.cat(frames)
 
 
 def test_each_exemplar_is_the_real_frame_nearest_its_codes_median(exemplar_processor, clips) -> None:
@@ -101,10 +102,14 @@ def test_exemplar_errors_say_what_to_do(exemplar_processor, tiny_processor, tmp_
     assert fresh.mel_exemplars is None  # the codes changed
     with pytest.raises(ValueError, match="run calibrate"):
         fresh.fit_mel_exemplars(clips, extractor)
-    # A file of another codec's size is refused on load.
+    # A file of another codec's or mel geometry's size is refused on load, and so is a missing one.
     copy.deepcopy(tokenizer).save_pretrained(tmp_path)
-    np.save(tmp_path / MEL_EXEMPLARS_NAME, np.zeros((3, TINY_MEL_BINS), dtype=np.float32))
-    with pytest.raises(ValueError, match="saved with another codec"):
+    for shape in ((3, TINY_MEL_BINS), (tokenizer.codebook_size, TINY_MEL_BINS + 1), (tokenizer.codebook_size,)):
+        np.save(tmp_path / MEL_EXEMPLARS_NAME, np.zeros(shape, dtype=np.float32))
+        with pytest.raises(ValueError, match="saved with another codec"):
+            WhisperGPTAudioTokenizer.from_pretrained(tmp_path)
+    (tmp_path / MEL_EXEMPLARS_NAME).unlink()
+    with pytest.raises(ValueError, match=r"mel_exemplars\.npy is missing; save the codec again"):
         WhisperGPTAudioTokenizer.from_pretrained(tmp_path)
 
 
@@ -137,7 +142,9 @@ def test_default_mel_source_prefers_exemplars_for_a_codec_that_cannot_be_heard(
     assert head.resolve_mel_source(None, with_exemplars) == "exemplar"
     assert head.resolve_mel_source(None, without) == "learned"
     assert hybrid.resolve_mel_source(None, without) == "codec"
-    assert token_only.resolve_mel_source(None, with_exemplars) is None  # it reads no mel frames
+    # A token-only model reads no mel frames, but with exemplars its continuation can be rendered from them.
+    assert token_only.resolve_mel_source(None, with_exemplars) == "exemplar"
+    assert token_only.resolve_mel_source(None, without) is None
     trained = copy.deepcopy(with_exemplars)
     trained.decoder_trained = True  # a decoder made for listening: decoding is exact
     assert hybrid.resolve_mel_source(None, trained) == "codec"
@@ -146,6 +153,23 @@ def test_default_mel_source_prefers_exemplars_for_a_codec_that_cannot_be_heard(
         hybrid.resolve_mel_source("exemplar", without)
     with pytest.raises(ValueError, match="needs audio_tokenizer= with mel exemplars"):
         hybrid.resolve_mel_source("exemplar", None)
+    with pytest.raises(ValueError, match='use "codec" or "learned"'):
+        head.resolve_mel_source("exemplar", without)
+
+
+def test_a_token_only_model_gets_exemplar_frames_to_render_even_without_prompt_features(exemplar_processor) -> None:
+    torch.manual_seed(0)
+    model = WhisperGPTForCausalLM(tiny_config(use_spectrogram=False)).eval()
+    tokenizer = exemplar_processor.audio_tokenizer
+    batch = exemplar_processor(audio=real_like_audio(0.2), sampling_rate=SR)
+    with_features = model.generate(**batch, audio_tokenizer=tokenizer, max_new_tokens=6, return_dict_in_generate=True)
+    codes_only = model.generate(
+        input_ids=batch.input_ids, audio_tokenizer=tokenizer, max_new_tokens=6, return_dict_in_generate=True
+    )
+    # It reads no mel frames: the same codes either way; the frames are the prompt's own or its codes' exemplars.
+    torch.testing.assert_close(with_features.sequences, codes_only.sequences, atol=0, rtol=0)
+    torch.testing.assert_close(codes_only.input_features, tokenizer.mel_exemplar_frames(codes_only.sequences))
+    torch.testing.assert_close(with_features.input_features[:, :15], batch.input_features)
 
 
 def test_pipeline_renders_the_exemplar_frames_by_default(exemplar_processor) -> None:

@@ -107,7 +107,10 @@ def _generate(args: argparse.Namespace) -> dict[str, Any]:
     if renderer == "mel":
         print("rendered from the log-mel frames with Griffin-Lim (the codec's decoder is not trained)")
     elif not processor.audio_tokenizer.decoder_trained:
-        print("note: this codec's decoder was not trained, so the WAV is not meant for listening")
+        print(
+            "note: this codec's decoder was not trained, so the WAV is not meant for listening; use --render mel "
+            "(with --mel-source exemplar, after the codec's fit_mel_exemplars, or a model with a mel head)"
+        )
     if args.plot:
         from whisper_gpt.plotting import plot_continuation
 

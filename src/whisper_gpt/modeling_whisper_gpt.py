@@ -709,9 +709,12 @@ class WhisperGPTForCausalLM(WhisperGPTPreTrainedModel, GenerationMixin):
         else:
             feature_extractor = feature_extractor or self.mel_feature_extractor()
             self.validate_feature_extractor(feature_extractor)
-            input_features = self.model._check_features(input_features, length)
             if mel_source == "exemplar":
-                audio_tokenizer.mel_exemplar_frames(codes[:, :, :0], feature_extractor)  # made with these settings?
+                audio_tokenizer.check_mel_exemplars(feature_extractor)
+                if input_features is None and not self.config.trains_on_mel_frames:
+                    # A token-only model reads no mel frames; its prompt's are only rendered, so look them up too.
+                    input_features = audio_tokenizer.mel_exemplar_frames(codes).to(self.device, self.dtype)
+            input_features = self.model._check_features(input_features, length)
         codes, input_features, mask = _left_align(codes, input_features, lengths)
         repeats = config.num_return_sequences or 1
         codes, mask = codes.repeat_interleave(repeats, 0), mask.repeat_interleave(repeats, 0)
@@ -745,8 +748,9 @@ class WhisperGPTForCausalLM(WhisperGPTPreTrainedModel, GenerationMixin):
             new_codes = self._sample_frame(frame_state, state.codes, processors, config.do_sample, generator)
             if mel_source == "learned":
                 new_mel = self._learned_mel(state, new_codes)
-            elif mel_source == "exemplar":
-                new_mel = audio_tokenizer.mel_exemplar_frames(new_codes[:, :, None]).to(self.device, self.dtype)
+            elif mel_source == "exemplar":  # sampled codes are in range: index the (V, M) table directly
+                exemplars = audio_tokenizer.mel_exemplars
+                new_mel = exemplars[new_codes[:, :1].to(exemplars.device)].to(self.device, self.dtype)  # (B, 1, M)
             else:
                 new_mel = None if codec_mel is None else codec_mel.next_frame(new_codes).to(self.device, self.dtype)
             state.append(new_codes, new_mel)
@@ -829,16 +833,15 @@ class WhisperGPTForCausalLM(WhisperGPTPreTrainedModel, GenerationMixin):
     def resolve_mel_source(self, mel_source: str | None, audio_tokenizer: Any) -> str | None:
         """Where generate() takes new mel frames from for ``mel_source`` (None: the default) and this codec: "codec"
         (decode the new codes), "exemplar" (the codec's exemplar frame of each code), "learned" (the mel head) or
-        None (a token-only model without a mel head needs none).
+        None (a token-only model needs none).
 
         The default decodes with a trained decoder (exact). A local codec's decoder makes noise, so then the codec's
-        exemplar frames are used when it has them (real frames: rendered, they keep pitch), else the mel head."""
+        exemplar frames are used when it has them (real frames: rendered, they keep pitch; a token-only model does not
+        read them, but its continuation can then be rendered from them too), else the mel head."""
         if mel_source is None:
             decoder_usable = audio_tokenizer is not None and getattr(audio_tokenizer, "decoder_trained", True)
             has_exemplars = getattr(audio_tokenizer, "mel_exemplars", None) is not None
-            if not self.config.trains_on_mel_frames:  # a token-only model without a mel head reads none
-                return None
-            if not decoder_usable and has_exemplars:
+            if not decoder_usable and has_exemplars:  # also a token-only model: its continuation is rendered from them
                 mel_source = "exemplar"
             elif self.config.use_mel_head and not decoder_usable:
                 mel_source = "learned"
@@ -851,9 +854,10 @@ class WhisperGPTForCausalLM(WhisperGPTPreTrainedModel, GenerationMixin):
         if mel_source == "learned" and not self.config.use_mel_head:
             raise ValueError('mel_source="learned" needs a model trained with use_mel_head=True; use "codec".')
         if mel_source == "exemplar" and getattr(audio_tokenizer, "mel_exemplars", None) is None:
+            other = '"codec" or "learned"' if self.config.use_mel_head else '"codec"'
             raise ValueError(
                 'mel_source="exemplar" needs audio_tokenizer= with mel exemplars (WhisperGPTAudioTokenizer.'
-                'fit_mel_exemplars, which build_processor runs); use "codec" or "learned".'
+                f"fit_mel_exemplars, which build_processor runs); use {other}."
             )
         if mel_source == "codec" and audio_tokenizer is None:
             raise ValueError(

@@ -339,9 +339,11 @@ class WhisperGPTAudioTokenizer:
         }
 
     def to(self, device: str | torch.device) -> WhisperGPTAudioTokenizer:
-        """Move the codec to ``device``; returns self."""
+        """Move the codec (and the mel exemplars) to ``device``; returns self."""
         self.codec.to(device)
         self._silence_cache = {}
+        if self.mel_exemplars is not None:
+            self.mel_exemplars = self.mel_exemplars.to(device)
         return self
 
     def _codes_changed(self) -> None:
@@ -393,16 +395,25 @@ class WhisperGPTAudioTokenizer:
             decoder_trained=saved.get("decoder_trained"),
             encoder_fitted_to_mel=saved.get("encoder_fitted_to_mel", False),
         )
-        if saved.get("mel_exemplar_geometry") is not None:
-            exemplars_file = cached_file(hub_id_or_dir, MEL_EXEMPLARS_NAME, **lookup)
-            exemplars = np.load(exemplars_file, allow_pickle=False)
-            if exemplars.shape[0] != tokenizer.codebook_size:
+        geometry = saved.get("mel_exemplar_geometry")
+        if geometry is not None:
+            exemplars_file = cached_file(
+                hub_id_or_dir, MEL_EXEMPLARS_NAME, _raise_exceptions_for_missing_entries=False, **lookup
+            )
+            if exemplars_file is None:
                 raise ValueError(
-                    f"{MEL_EXEMPLARS_NAME} holds {exemplars.shape[0]} frames for a codec of {tokenizer.codebook_size} "
-                    "codes; it was saved with another codec. Run fit_mel_exemplars again."
+                    f"{CONFIG_NAME} in {hub_id_or_dir} records mel exemplars but {MEL_EXEMPLARS_NAME} is missing; "
+                    "save the codec again (save_pretrained writes both) or run fit_mel_exemplars."
+                )
+            exemplars = np.load(exemplars_file, allow_pickle=False)
+            expected = (tokenizer.codebook_size, geometry["feature_size"])
+            if exemplars.shape != expected:
+                raise ValueError(
+                    f"{MEL_EXEMPLARS_NAME} has shape {exemplars.shape}, but this codec and its recorded mel settings "
+                    f"need {expected} (one frame per code); it was saved with another codec. Run fit_mel_exemplars."
                 )
             tokenizer.mel_exemplars = torch.from_numpy(exemplars.astype(np.float32))
-            tokenizer.mel_exemplar_geometry = saved["mel_exemplar_geometry"]
+            tokenizer.mel_exemplar_geometry = geometry
         return tokenizer
 
     def save_pretrained(self, save_directory: str | os.PathLike) -> None:
@@ -742,6 +753,7 @@ class WhisperGPTAudioTokenizer:
             readout.weight.copy_(torch.randn(readout.weight.shape, generator=generator) * 0.01)
             readout.bias.copy_(target.mean(0))
         encoder = self.codec.encoder
+        self._codes_changed()  # from here on the codes change, even if the fit stops part way
         optimizer = torch.optim.Adam([*encoder.parameters(), *readout.parameters()], lr=learning_rate)
         span = warmup + crop_frames
         losses = []
@@ -870,6 +882,7 @@ class WhisperGPTAudioTokenizer:
             "residual_energy": [],
         }
         layers = self.codec.quantizer.layers[:num_codebooks]
+        self._codes_changed()  # from here on the codebooks change, even if k-means stops part way
         for layer in tqdm(layers, desc="k-means per codebook", unit="codebook"):
             with torch.inference_mode():
                 centroids, assignment, iterations_run = _kmeans(residual, self.codebook_size, iterations, generator)
@@ -920,7 +933,8 @@ class WhisperGPTAudioTokenizer:
         if (feature_extractor.sampling_rate, feature_extractor.hop_length) != (self.sampling_rate, self.hop_length):
             raise ValueError(
                 f"The feature extractor ({feature_extractor.sampling_rate} Hz, hop {feature_extractor.hop_length}) "
-                f"does not frame audio like the codec ({self.sampling_rate} Hz, hop {self.hop_length})."
+                f"does not frame audio like the codec ({self.sampling_rate} Hz, hop {self.hop_length}); build it "
+                f"with sampling_rate={self.sampling_rate}, hop_length={self.hop_length}."
             )
         started = time.perf_counter()
         codes, frames, seconds = [], [], 0.0
@@ -954,26 +968,33 @@ class WhisperGPTAudioTokenizer:
         self.mel_exemplar_geometry = {key: getattr(feature_extractor, key) for key in MEL_GEOMETRY_KEYS}
         return {"frames": len(codes), "codes_seen": len(seen), "seconds": time.perf_counter() - started}
 
-    def mel_exemplar_frames(self, codes: torch.Tensor, feature_extractor: Any = None) -> torch.Tensor:
-        """(B, K, T) codes -> (B, T, M) the exemplar log-mel frame of each frame's codebook-0 code.
-
-        With ``feature_extractor``, first checks that the exemplars were made with its settings (a ValueError
-        otherwise): frames of another mel geometry would be read as garbage by the model.
-        """
+    def check_mel_exemplars(self, feature_extractor: Any = None) -> None:
+        """Raise a ValueError unless this codec has mel exemplars made with ``feature_extractor``'s settings (frames
+        of another mel geometry would be read as garbage by a model)."""
         if self.mel_exemplars is None:
             raise ValueError(
                 "This codec has no mel exemplars: run fit_mel_exemplars(clips, feature_extractor) after calibrate() "
-                '(whisper_gpt.data.build_processor does), or use mel_source="codec" / "learned".'
+                '(whisper_gpt.data.build_processor does), or generate with another mel_source ("codec", or '
+                '"learned" for a model with a mel head).'
             )
-        if feature_extractor is not None:
-            for key, value in self.mel_exemplar_geometry.items():
-                if getattr(feature_extractor, key, None) != value:
-                    raise ValueError(
-                        f"The codec's mel exemplars were computed with {key}={value!r}, but the feature extractor "
-                        f"has {key}={getattr(feature_extractor, key, None)!r}; run fit_mel_exemplars with it again."
-                    )
+        if feature_extractor is None:
+            return
+        for key, value in (self.mel_exemplar_geometry or {}).items():
+            if getattr(feature_extractor, key, None) != value:
+                raise ValueError(
+                    f"The codec's mel exemplars were computed with {key}={value!r}, but the feature extractor "
+                    f"has {key}={getattr(feature_extractor, key, None)!r}; run fit_mel_exemplars with it again."
+                )
+
+    def mel_exemplar_frames(self, codes: torch.Tensor, feature_extractor: Any = None) -> torch.Tensor:
+        """(B, K, T) codes -> (B, T, M) the exemplar log-mel frame of each frame's codebook-0 code.
+
+        With ``feature_extractor``, first checks that the exemplars were made with its settings
+        (`check_mel_exemplars`).
+        """
+        self.check_mel_exemplars(feature_extractor)
         codes = self._check_codes(codes)
-        return self.mel_exemplars.to(codes.device)[codes[:, 0]]
+        return self.mel_exemplars[codes[:, 0].to(self.mel_exemplars.device)]
 
     def _zero_codebooks(self, count: int) -> list[int]:
         """Indices among the first ``count`` codebooks that are all zero (never trained or calibrated)."""
