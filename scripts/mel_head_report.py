@@ -33,6 +33,7 @@ import json
 import platform
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import soundfile
@@ -106,6 +107,22 @@ def mel_errors(
     }, {name: float(np.median(np.concatenate(values))) for name, values in periodicity.items()}
 
 
+def sample(model, processor, prompt, mel_source: str, new_frames: int, seed: int, **kwargs: Any) -> Any:
+    """The report's one way to generate: top-k 50 sampling from a seeded generator, new mel frames from
+    ``mel_source``."""
+    return model.generate(
+        **prompt,
+        audio_tokenizer=processor.audio_tokenizer,
+        feature_extractor=processor.feature_extractor,
+        mel_source=mel_source,
+        max_new_tokens=new_frames,
+        do_sample=True,
+        top_k=50,
+        generator=torch.Generator().manual_seed(seed),
+        **kwargs,
+    )
+
+
 def continuations(model, processor, corpus: Path, new_frames: int, seeds: int = 3) -> dict:
     """Continue 3 s of a held-out file (the demo's prompt choice) with learned and with exemplar mel frames, same
     codes sampler and seeds, render with Griffin-Lim, and describe each (`describe_continuation`, mean over seeds)."""
@@ -118,24 +135,14 @@ def continuations(model, processor, corpus: Path, new_frames: int, seeds: int = 
     described: dict[str, dict[str, list[float]]] = {}
     for source in ("learned", "exemplar"):
         for seed in range(seeds):
-            output = model.generate(
-                **prompt,
-                audio_tokenizer=processor.audio_tokenizer,
-                feature_extractor=processor.feature_extractor,
-                mel_source=source,
-                max_new_tokens=new_frames,
-                do_sample=True,
-                top_k=50,
-                generator=torch.Generator().manual_seed(seed),
-                return_dict_in_generate=True,
-            )
+            output = sample(model, processor, prompt, source, new_frames, seed, return_dict_in_generate=True)
             (wave,) = processor.mel_to_audio(output.input_features)
             numbers = describe_continuation(wave, 24000, new_frames, others, processor.feature_extractor, seed=seed)
             for key in keys:
                 for name, value in numbers[key].items():
                     described.setdefault(f"{source}.{key}", {}).setdefault(name, []).append(value)
     return {"prompt": str(prompt_file), "seeds": seeds} | {
-        key: {name: float(np.mean(values)) for name, values in by_signal.items()}
+        key: {name: None if None in values else float(np.mean(values)) for name, values in by_signal.items()}
         for key, by_signal in described.items()
     }
 
@@ -147,16 +154,7 @@ def generation_speed(model, processor, clip: np.ndarray, new_frames: int, repeat
     for _ in range(repeats):
         for source in times:
             started = time.perf_counter()
-            model.generate(
-                **prompt,
-                audio_tokenizer=processor.audio_tokenizer,
-                feature_extractor=processor.feature_extractor,
-                mel_source=source,
-                max_new_tokens=new_frames,
-                do_sample=True,
-                top_k=50,
-                generator=torch.Generator().manual_seed(0),
-            )
+            sample(model, processor, prompt, source, new_frames, seed=0)
             times[source].append(time.perf_counter() - started)
     seconds = new_frames / model.config.frame_rate
     rtf = {source: seconds / float(np.median(values)) for source, values in times.items()}
