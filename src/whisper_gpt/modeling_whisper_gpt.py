@@ -678,8 +678,10 @@ class WhisperGPTForCausalLM(WhisperGPTPreTrainedModel, GenerationMixin):
                 (the real log-mel frame the codec keeps for each codebook-0 code, `fit_mel_exemplars`: no decoder in
                 the loop, and sharp frames that keep their harmonics), ``"learned"`` (the mel head of a model trained
                 with ``use_mel_head``: no codec in the loop, but its frames average over what a code stood for).
-                Default (`resolve_mel_source`): "codec" when the codec's decoder is trained, else "exemplar" when the
-                codec has exemplars, else "learned" for a model with a mel head.
+                Default (`resolve_mel_source`): "exemplar" when the codec's decoder is not trained and the codec has
+                exemplars (for a token-only model too: it reads none, but its continuation can be rendered from
+                them), else "learned" for a model with a mel head and such a codec, else "codec" for the hybrid and
+                none for a token-only model.
             generation_config / kwargs: ``max_new_tokens`` (frames to add), ``do_sample``, ``temperature``,
                 ``top_k``, ``top_p``, ``repetition_penalty`` (per codebook, over that codebook's history),
                 ``num_return_sequences``.
