@@ -587,13 +587,13 @@ def _continuation_line(written: dict[str, Any]) -> str:
     parts.append(
         "spectral flatness " + ", ".join(f"{name.replace('_', ' ')} {value:.3f}" for name, value in flatness.items())
     )
-    for key, label in (("energy_std_db", "frame-energy std"), ("energy_modulation_db", "its 1.5-12 Hz part")):
-        values = {name.replace("_", " "): "n/a" if v is None else f"{v:.1f} dB" for name, v in described[key].items()}
+    for key, label, shown in (
+        ("energy_std_db", "frame-energy std", "{:.1f} dB"),
+        ("energy_modulation_db", "its 1.5-12 Hz part", "{:.1f} dB"),
+        ("periodicity", "periodicity (pitch)", "{:.2f}"),
+    ):
+        values = {name.replace("_", " "): "n/a" if v is None else shown.format(v) for name, v in described[key].items()}
         parts.append(label + " " + ", ".join(f"{name} {value}" for name, value in values.items()))
-    values = {
-        name.replace("_", " "): "n/a" if v is None else f"{v:.2f}" for name, v in described["periodicity"].items()
-    }
-    parts.append("periodicity (pitch) " + ", ".join(f"{name} {value}" for name, value in values.items()))
     return "; ".join(parts)
 
 

@@ -720,17 +720,7 @@ class WhisperGPTAudioTokenizer:
                 "This codec's decoder was trained together with its encoder; changing the encoder would break "
                 "decoding. fit_encoder_to_mel is only for locally built codecs (decoder_trained=False)."
             )
-        if getattr(feature_extractor, "framing", "causal") != "causal":
-            raise ValueError(
-                f"fit_encoder_to_mel needs causal log-mel targets; this feature extractor uses "
-                f"framing={feature_extractor.framing!r}, whose frames see later samples. Use framing='causal'."
-            )
-        if (feature_extractor.sampling_rate, feature_extractor.hop_length) != (self.sampling_rate, self.hop_length):
-            raise ValueError(
-                f"The feature extractor ({feature_extractor.sampling_rate} Hz, hop {feature_extractor.hop_length}) "
-                f"does not match the codec ({self.sampling_rate} Hz, hop {self.hop_length}); its frames would not "
-                "line up with the codes."
-            )
+        self._check_frames_match_codes(feature_extractor, "fit_encoder_to_mel")
         if steps < 1 or batch_size < 1 or crop_frames < 1:
             raise ValueError(
                 f"steps, batch_size and crop_frames must be positive, got {steps}, {batch_size} and {crop_frames}."
@@ -775,7 +765,6 @@ class WhisperGPTAudioTokenizer:
                 layer.codebook.inited.fill_(0.0)
         self.calibrated = False
         self.encoder_fitted_to_mel = True
-        self._codes_changed()
         tail = max(1, steps // 10)
         return {
             "mel_l1_first": float(np.mean(losses[:tail])),
@@ -899,7 +888,6 @@ class WhisperGPTAudioTokenizer:
             per_codebook["iterations"].append(iterations_run)
             per_codebook["residual_energy"].append(float(residual.pow(2).mean()) / variance)
         self.calibrated = True
-        self._codes_changed()
         stats.update(per_codebook)
         stats["seconds"] = time.perf_counter() - started
         return stats
@@ -926,16 +914,7 @@ class WhisperGPTAudioTokenizer:
         """
         if not self.calibrated:
             raise ValueError("fit_mel_exemplars needs calibrated codebooks: run calibrate() first.")
-        if getattr(feature_extractor, "framing", "causal") != "causal":
-            raise ValueError(
-                "fit_mel_exemplars needs causal log-mel frames; use a feature extractor with framing='causal'."
-            )
-        if (feature_extractor.sampling_rate, feature_extractor.hop_length) != (self.sampling_rate, self.hop_length):
-            raise ValueError(
-                f"The feature extractor ({feature_extractor.sampling_rate} Hz, hop {feature_extractor.hop_length}) "
-                f"does not frame audio like the codec ({self.sampling_rate} Hz, hop {self.hop_length}); build it "
-                f"with sampling_rate={self.sampling_rate}, hop_length={self.hop_length}."
-            )
+        self._check_frames_match_codes(feature_extractor, "fit_mel_exemplars")
         started = time.perf_counter()
         codes, frames, seconds = [], [], 0.0
         for clip in clips:
@@ -967,6 +946,22 @@ class WhisperGPTAudioTokenizer:
         self.mel_exemplars = exemplars
         self.mel_exemplar_geometry = {key: getattr(feature_extractor, key) for key in MEL_GEOMETRY_KEYS}
         return {"frames": len(codes), "codes_seen": len(seen), "seconds": time.perf_counter() - started}
+
+    def _check_frames_match_codes(self, feature_extractor: Any, method: str) -> None:
+        """``method`` pairs each code with the causal log-mel frame of the same samples: refuse an extractor whose
+        frames see later samples or are framed at another rate or hop."""
+        if getattr(feature_extractor, "framing", "causal") != "causal":
+            raise ValueError(
+                f"{method} needs causal log-mel targets; this feature extractor uses "
+                f"framing={feature_extractor.framing!r}, whose frames see later samples. Use framing='causal'."
+            )
+        if (feature_extractor.sampling_rate, feature_extractor.hop_length) != (self.sampling_rate, self.hop_length):
+            raise ValueError(
+                f"The feature extractor ({feature_extractor.sampling_rate} Hz, hop {feature_extractor.hop_length}) "
+                f"does not match the codec ({self.sampling_rate} Hz, hop {self.hop_length}), so its frames would not "
+                f"line up with the codes; build it with sampling_rate={self.sampling_rate}, "
+                f"hop_length={self.hop_length}."
+            )
 
     def check_mel_exemplars(self, feature_extractor: Any = None) -> None:
         """Raise a ValueError unless this codec has mel exemplars made with ``feature_extractor``'s settings (frames
