@@ -73,7 +73,7 @@ def setup_torch(threads: int) -> None:
     import transformers
 
     torch.set_num_threads(threads)
-    # Denormal floats made codec training ~4x slower on this CPU (DESIGN.md section 6).
+    # Denormal floats make codec training several times slower on CPU.
     torch.set_flush_denormal(True)
     transformers.logging.set_verbosity_error()
     torch.manual_seed(0)

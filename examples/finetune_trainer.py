@@ -18,9 +18,9 @@ from typing import Any
 from transformers import Trainer, TrainingArguments
 
 from whisper_gpt import WhisperGPTForCausalLM, WhisperGPTProcessor
-from whisper_gpt.data import SlidingWindows, TrainingCrops, WhisperGPTDataCollator, prepare_dataset
-from whisper_gpt.evaluation import compute_metrics, preprocess_logits_for_metrics
 from whisper_gpt.training import configure_torch
+from whisper_gpt.training.data import SlidingWindows, TrainingCrops, WhisperGPTDataCollator, prepare_dataset
+from whisper_gpt.training.evaluation import compute_metrics, preprocess_logits_for_metrics
 
 
 class _DropFeatures:

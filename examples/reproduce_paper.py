@@ -2,11 +2,11 @@
 
     python examples/reproduce_paper.py --budget-minutes 50
 
-Same as ``whisper-gpt reproduce``; see `whisper_gpt.reproduce` for what it does and writes
+Same as ``whisper-gpt reproduce``; see `whisper_gpt.apps.reproduce` for what it does and writes
 (``docs/results.json``, ``docs/results.md``, ``docs/figures/``).
 """
 
-from whisper_gpt.reproduce import main
+from whisper_gpt.apps.reproduce import main
 
 if __name__ == "__main__":
     main()

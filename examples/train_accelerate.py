@@ -8,7 +8,7 @@ Continue a run:   ... --resume            (the latest checkpoint under OUTPUT_DI
 Same options as `whisper-gpt train`; the loop lives in `whisper_gpt.training`.
 """
 
-from whisper_gpt.training import main
+from whisper_gpt.training.loop import main
 
 if __name__ == "__main__":
     main()

@@ -24,7 +24,7 @@ import torch
 from transformers import EncodecModel
 
 from whisper_gpt import WhisperGPTAudioTokenizer, WhisperGPTFeatureExtractor, small_encodec_config
-from whisper_gpt.corpus import audio_files
+from whisper_gpt.apps.corpus import audio_files
 
 
 def load_clips(folder: Path, split: str, max_seconds: float) -> list[np.ndarray]:

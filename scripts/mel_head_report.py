@@ -11,9 +11,9 @@ files measures the mel L1 to the true causal log-mel frame t+1 of:
 and the correlation of the learned frames' loudness (mean log-mel) with the true frames'. The head reads only codes,
 so its frames here are the frames it gives in generation for the same codes. ``heldout_periodicity`` renders the
 true, learned and exemplar frames of the held-out files with Griffin-Lim and gives the median periodicity of each
-(`whisper_gpt.demo.describe_continuation`: about 1 for voiced speech and held notes, 0.15 for white noise): how much
-pitch survives each way of getting the frames. ``continuations`` continues 3 s of a held-out file (the demo's prompt)
-with each mel source, same seeds, renders with Griffin-Lim and describes the results as the demo does (mean over 3
+(`whisper_gpt.apps.demo.describe_continuation`: about 1 for voiced speech and held notes, 0.15 for white noise):
+how much pitch survives each way of getting the frames. ``continuations`` continues 3 s of a held-out file (the
+demo's prompt) with each mel source, same seeds, renders with Griffin-Lim and describes the results as the demo does (mean over 3
 seeds). Finally it times generation (seconds of audio per wall-clock second)
 with ``mel_source="learned"`` and ``"exemplar"`` against ``mel_source="codec"`` for the same model.
 Prints JSON; ``--out`` writes it.
@@ -40,11 +40,11 @@ import soundfile
 import torch
 
 from whisper_gpt import WhisperGPTForCausalLM, WhisperGPTProcessor
-from whisper_gpt.corpus import audio_files
-from whisper_gpt.data import build_processor, load_audio
-from whisper_gpt.demo import _prompt_file, describe_continuation, frame_periodicity
+from whisper_gpt.apps.corpus import audio_files
+from whisper_gpt.apps.demo import _prompt_file, describe_continuation, frame_periodicity
 from whisper_gpt.feature_extraction_whisper_gpt import normalize_audio_batch
 from whisper_gpt.training import TrainingConfig, train
+from whisper_gpt.training.data import build_processor, load_audio
 
 
 def heldout_clips(corpus: Path, seconds: float) -> list[np.ndarray]:

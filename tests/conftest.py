@@ -77,5 +77,5 @@ def tiny_processor():
 
 
 def pytest_configure(config) -> None:
-    # Two torch threads on two busy cores ran several times slower than one here (DESIGN §6); CI has 2 cores.
+    # Two torch threads on two busy cores run several times slower than one (they spin-wait); CI has 2 cores.
     torch.set_num_threads(1)

@@ -1,4 +1,4 @@
-"""The causality rule (DESIGN §2), end to end: audio -> processor -> model.
+"""The causality rule, end to end: audio -> processor -> model.
 
 Changing the audio after sample (t+1)*hop must leave the mel frames, the codes and the logits at every
 position <= t unchanged. With K > 1 codebooks the depth decoder at position t is teacher-forced with the

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from whisper_gpt.cli import main
+from whisper_gpt.apps.cli import main
 
 
 def test_presets_prints_parameter_counts_as_json(capsys) -> None:

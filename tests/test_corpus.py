@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from whisper_gpt import corpus
-from whisper_gpt.corpus import DebianSource, audio_files, build_corpus, load_manifest
+from whisper_gpt.apps import corpus
+from whisper_gpt.apps.corpus import DebianSource, audio_files, build_corpus, load_manifest
 
 pytestmark = pytest.mark.skipif(shutil.which("dpkg-deb") is None, reason="needs dpkg-deb to build test packages")
 

@@ -11,8 +11,8 @@ import torch
 from audio_folder import write_audio_folder
 from conftest import TINY_MEL_BINS
 
-from whisper_gpt.corpus import audio_files
-from whisper_gpt.data import (
+from whisper_gpt.apps.corpus import audio_files
+from whisper_gpt.training.data import (
     EpochShuffleSampler,
     SlidingWindows,
     TrainingCrops,
@@ -233,11 +233,12 @@ def test_packed_crops_join_short_files_in_order(prepared):
 def test_prepare_command_and_subcommand_registration(folder, prepared, tiny_processor, tmp_path, capsys):
     import argparse
 
-    from whisper_gpt import data, demo, evaluation, model_card, training
+    from whisper_gpt.apps import demo
+    from whisper_gpt.training import data, evaluation, loop, model_card
 
     parser = argparse.ArgumentParser()
     commands = parser.add_subparsers(dest="command", required=True)
-    for module in (data, training, evaluation, demo, model_card):
+    for module in (data, loop, evaluation, demo, model_card):
         module.register_cli(commands)
     assert parser.parse_args(["train", "audio", "out", "--resume"]).resume == "latest"
     assert parser.parse_args(["evaluate", "model", "audio", "--plot"]).plot == ""

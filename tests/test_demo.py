@@ -11,7 +11,7 @@ from audio_folder import write_audio_folder
 from conftest import tiny_config
 
 from whisper_gpt import WhisperGPTForCausalLM, WhisperGPTProcessor
-from whisper_gpt.demo import run_demo
+from whisper_gpt.apps.demo import run_demo
 
 
 def test_demo_trains_both_models_on_both_domains_and_prints_the_table(tmp_path, capsys):
@@ -97,7 +97,7 @@ def test_describe_continuation_tells_corpus_like_audio_from_noise(tmp_path):
     from conftest import real_like_audio
 
     from whisper_gpt import WhisperGPTFeatureExtractor
-    from whisper_gpt.demo import describe_continuation
+    from whisper_gpt.apps.demo import describe_continuation
 
     references = []
     for seed in range(3):
@@ -131,7 +131,7 @@ def test_describe_continuation_tells_corpus_like_audio_from_noise(tmp_path):
     blurred = np.concatenate([prompt, np.fft.irfft(envelope * phases, 24000).astype(np.float32)])
     assert describe_continuation(blurred, 24000, 75, references, extractor)["periodicity"]["continuation"] < 0.5
     assert describe_continuation(prompt[:500], 24000, 1, references, extractor)["periodicity"]["continuation"] is None
-    from whisper_gpt.demo import _syllable_rate_modulation
+    from whisper_gpt.apps.demo import _syllable_rate_modulation
 
     for level in (-60.0, 0.0):  # a steady sound has no modulation, however loud and however short
         assert _syllable_rate_modulation(np.full(57, level), 75.0, floor_db=-110.0) == pytest.approx(0.0, abs=1e-9)
@@ -140,7 +140,7 @@ def test_describe_continuation_tells_corpus_like_audio_from_noise(tmp_path):
 def test_frame_periodicity_reads_pitch_not_noise():
     import numpy as np
 
-    from whisper_gpt.demo import frame_periodicity
+    from whisper_gpt.apps.demo import frame_periodicity
 
     t = np.arange(48000) / 24000
     for pitch in (70.0, 220.0, 900.0):  # the ends of the range and the middle

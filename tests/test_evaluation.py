@@ -14,8 +14,8 @@ from audio_folder import write_audio_folder
 from conftest import TINY_CODEBOOK_SIZE, tiny_config
 
 from whisper_gpt import WhisperGPTForCausalLM
-from whisper_gpt.data import SlidingWindows, WhisperGPTDataCollator, prepare_dataset
-from whisper_gpt.evaluation import (
+from whisper_gpt.training.data import SlidingWindows, WhisperGPTDataCollator, prepare_dataset
+from whisper_gpt.training.evaluation import (
     _evaluate_command,
     compute_metrics,
     evaluate_model,

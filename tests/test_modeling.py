@@ -114,7 +114,7 @@ def test_fusion_starts_as_token_embedding_plus_small_mel_term(fusion: str) -> No
     mel_states = torch.randn(2, 50, config.spectrogram_hidden_size)  # unit scale, like the mel_norm output
     fused = fusion_module(tokens, mel_states)
     relative = ((fused - tokens).norm() / tokens.norm()).item()
-    assert relative < 3 * config.mel_init_scale, relative  # a default init gives ~10x the token scale (DESIGN §6)
+    assert relative < 3 * config.mel_init_scale, relative  # a default init would give ~10x the token scale
     if fusion == "concat":
         token_block = fusion_module.weight[:, : config.hidden_size]
         torch.testing.assert_close(token_block, torch.eye(config.hidden_size))

@@ -10,7 +10,7 @@ import torch
 from audio_folder import write_audio_folder
 from conftest import TINY_CODEBOOK_SIZE, TINY_MEL_BINS
 
-from whisper_gpt.reproduce import (
+from whisper_gpt.apps.reproduce import (
     CODEC_CODEBOOKS,
     ReproductionConfig,
     _flatten_batch,

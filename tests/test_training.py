@@ -19,9 +19,9 @@ from conftest import tiny_config
 from safetensors.torch import load_file
 
 from whisper_gpt import WhisperGPTForCausalLM, WhisperGPTProcessor
-from whisper_gpt.data import prepare_dataset
-from whisper_gpt.evaluation import evaluate_model
 from whisper_gpt.training import TrainingConfig, latest_checkpoint, train
+from whisper_gpt.training.data import prepare_dataset
+from whisper_gpt.training.evaluation import evaluate_model
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {

@@ -82,7 +82,7 @@ def small_encodec_config(**overrides: Any) -> EncodecConfig:
     narrow layers (8 filters, 32-dim embeddings, one LSTM layer), so a model builds and runs in milliseconds.
     Its weights are random: fit its encoder with `WhisperGPTAudioTokenizer.fit_encoder_to_mel` (optional, makes
     the codes describe the spectrum) and calibrate its codebooks with `WhisperGPTAudioTokenizer.calibrate`, or
-    let `whisper_gpt.data.build_processor` do both; its decoder never makes listenable audio. Keyword arguments
+    let `whisper_gpt.training.data.build_processor` do both; its decoder never makes listenable audio. Keyword arguments
     override any `EncodecConfig` field.
     """
     params: dict[str, Any] = {
@@ -969,7 +969,7 @@ class WhisperGPTAudioTokenizer:
         if self.mel_exemplars is None:
             raise ValueError(
                 "This codec has no mel exemplars: run fit_mel_exemplars(clips, feature_extractor) after calibrate() "
-                '(whisper_gpt.data.build_processor does), or generate with another mel_source ("codec", or '
+                '(whisper_gpt.training.data.build_processor does), or generate with another mel_source ("codec", or '
                 '"learned" for a model with a mel head).'
             )
         if feature_extractor is None:

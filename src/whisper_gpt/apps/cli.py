@@ -112,7 +112,7 @@ def _generate(args: argparse.Namespace) -> dict[str, Any]:
             "(with --mel-source exemplar, after the codec's fit_mel_exemplars, or a model with a mel head)"
         )
     if args.plot:
-        from whisper_gpt.plotting import plot_continuation
+        from whisper_gpt.apps.plotting import plot_continuation
 
         plot_continuation(wave, batch.input_ids.shape[-1], args.plot, processor.feature_extractor)
         print(f"wrote {args.plot}")
@@ -166,7 +166,15 @@ def run(argv: Sequence[str] | None = None) -> Any:
     presets.add_argument("--json", action="store_true", help="print JSON instead of a table")
     presets.set_defaults(handler=_presets)
     _add_generate_command(commands)
-    for module in ("corpus", "data", "training", "evaluation", "model_card", "demo", "reproduce"):
+    for module in (
+        "apps.corpus",
+        "training.data",
+        "training.loop",
+        "training.evaluation",
+        "training.model_card",
+        "apps.demo",
+        "apps.reproduce",
+    ):
         importlib.import_module(f"whisper_gpt.{module}").register_cli(commands)
     args = parser.parse_args(argv)
     return args.handler(args)

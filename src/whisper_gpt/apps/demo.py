@@ -1,6 +1,6 @@
 """``whisper-gpt demo``: the paper's comparison, end to end, on a fresh machine in about 20 minutes of CPU.
 
-1. builds a small real speech corpus and a small real music corpus (`whisper_gpt.corpus.build_corpus`),
+1. builds a small real speech corpus and a small real music corpus (`whisper_gpt.apps.corpus.build_corpus`),
 2. builds one local EnCodec on training audio of both (no trained codec can be downloaded here): its encoder is
    fitted to predict each frame's log-mel (`WhisperGPTAudioTokenizer.fit_encoder_to_mel`, about 3 minutes), so
    the codes are spectral prototypes a language model learns quickly, then its codebooks are calibrated by k-means
@@ -82,10 +82,10 @@ def _seconds_per_step(config: Any) -> float:
     """Time a few optimizer steps of ``config``'s model on real training batches, in this process."""
     import torch
 
-    from .data import EpochShuffleSampler, TrainingCrops, WhisperGPTDataCollator, prepare_dataset
-    from .modeling_whisper_gpt import WhisperGPTForCausalLM
-    from .processing_whisper_gpt import WhisperGPTProcessor
-    from .training import model_config
+    from ..modeling_whisper_gpt import WhisperGPTForCausalLM
+    from ..processing_whisper_gpt import WhisperGPTProcessor
+    from ..training.data import EpochShuffleSampler, TrainingCrops, WhisperGPTDataCollator, prepare_dataset
+    from ..training.loop import model_config
 
     processor = WhisperGPTProcessor.from_pretrained(config.processor)
     train_set = prepare_dataset(config.train_data, processor, split="train", cache_dir=config.cache_dir, progress=False)
@@ -117,7 +117,7 @@ def _seconds_per_step(config: Any) -> float:
 
 def _train_for(config_values: dict[str, Any], minutes: float) -> dict[str, Any]:
     """Worker: size ``max_steps`` to fill ``minutes`` of this process's time, then train. Runs in a subprocess."""
-    from .training import TrainingConfig, configure_torch, train
+    from ..training.loop import TrainingConfig, configure_torch, train
 
     configure_torch(num_processes=1, threads=config_values["torch_threads"])
     config = TrainingConfig(**config_values)
@@ -222,7 +222,7 @@ def frame_periodicity(
 
 def _mel_statistics(log_mel: np.ndarray, frame_rate: float, active_db: float = 50.0) -> dict[str, Any]:
     """Per-signal numbers of `describe_continuation` from causal log-mel frames (T, M) in the extractor's scale."""
-    from .feature_extraction_whisper_gpt import LOG_MEL_OFFSET, LOG_MEL_SCALE
+    from ..feature_extraction_whisper_gpt import LOG_MEL_OFFSET, LOG_MEL_SCALE
 
     log10_power = log_mel.astype(np.float64) * LOG_MEL_SCALE - LOG_MEL_OFFSET  # (T, M) log10 of mel power
     power = 10.0**log10_power
@@ -390,10 +390,10 @@ def run_demo(
         parallel: train the two models of a domain in two processes at once (one thread each).
         num_proc: processes encoding the corpora.
     """
-    from .configuration_whisper_gpt import WhisperGPTConfig
+    from ..configuration_whisper_gpt import WhisperGPTConfig
+    from ..training.data import build_processor, prepare_dataset
+    from ..training.loop import configure_torch
     from .corpus import build_corpus
-    from .data import build_processor, prepare_dataset
-    from .training import configure_torch
 
     started = time.perf_counter()
     # Calibration and evaluation run here; training runs in one process per model with one thread each.
@@ -440,7 +440,7 @@ def run_demo(
     timings["codec"] = time.perf_counter() - mark
 
     mark = time.perf_counter()
-    from .processing_whisper_gpt import WhisperGPTProcessor
+    from ..processing_whisper_gpt import WhisperGPTProcessor
 
     processor = WhisperGPTProcessor.from_pretrained(processor_dir)
     for domain in DOMAINS:
@@ -563,7 +563,7 @@ def _mel_gate(model_dir: str | os.PathLike) -> float | None:
     """How open the saved model's mel gate is (tanh of the learned scalar; None without a gate)."""
     import torch
 
-    from .modeling_whisper_gpt import WhisperGPTForCausalLM
+    from ..modeling_whisper_gpt import WhisperGPTForCausalLM
 
     fusion = getattr(WhisperGPTForCausalLM.from_pretrained(model_dir).model, "fusion", None)
     gate = fusion.mel_gate if fusion is not None else None

@@ -25,7 +25,7 @@ PAPER_URL = "https://arxiv.org/abs/2412.11449"
 
 def template_path() -> Path:
     """The model card template: the package's copy (a link to the repository root's ``model_card.md``)."""
-    path = Path(str(importlib.resources.files("whisper_gpt").joinpath(TEMPLATE_NAME)))
+    path = Path(str(importlib.resources.files("whisper_gpt.training").joinpath(TEMPLATE_NAME)))
     if not path.is_file():
         raise FileNotFoundError(
             f"The model card template {path} is missing; reinstall whisper-gpt (it ships as package data)."
@@ -56,7 +56,7 @@ def build_model_card(
 
     Args:
         processor: the model's processor; its codec decides the note on listenable audio.
-        metrics: the result of `whisper_gpt.evaluation.evaluate_model` on held-out data.
+        metrics: the result of `whisper_gpt.training.evaluation.evaluate_model` on held-out data.
         evaluation_data: what ``metrics`` were measured on, in words.
         datasets: Hub dataset ids the model was trained on (local corpora are described in
             ``training_description`` instead: the metadata field only accepts Hub ids).
@@ -162,7 +162,7 @@ def build_model_card(
 
 def push_to_hub(folder: str | os.PathLike, repo_id: str, private: bool | None = None, token: str | None = None) -> None:
     """Upload a folder written by the training script: model, processor (codec included) and model card."""
-    from . import WhisperGPTForCausalLM, WhisperGPTProcessor
+    from .. import WhisperGPTForCausalLM, WhisperGPTProcessor
 
     folder = Path(folder)
     model = WhisperGPTForCausalLM.from_pretrained(folder)

@@ -101,7 +101,7 @@ def evaluate_model(
     accelerator: Any = None,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Score a model's next-frame predictions on a prepared dataset (see `whisper_gpt.data.prepare_dataset`).
+    """Score a model's next-frame predictions on a prepared dataset (see `whisper_gpt.training.data.prepare_dataset`).
 
     Files are cut into windows of ``window`` frames (default: the model's context) every ``stride`` frames (see
     `SlidingWindows`). With an ``accelerator`` each process scores every ``num_processes``-th window and the sums
@@ -252,9 +252,9 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _evaluate_command(args: argparse.Namespace) -> dict[str, Any]:
-    from . import WhisperGPTForCausalLM, WhisperGPTProcessor
+    from .. import WhisperGPTForCausalLM, WhisperGPTProcessor
     from .data import prepare_dataset
-    from .training import configure_torch
+    from .loop import configure_torch
 
     configure_torch(num_processes=1)
     model = WhisperGPTForCausalLM.from_pretrained(args.model_dir)

@@ -6,7 +6,7 @@ Three steps:
    codebooks (k-means, see `WhisperGPTAudioTokenizer.fit_encoder_to_mel` and `calibrate`), and wrap it with the
    causal log-mel feature extractor. Skip it when a
    trained codec is available (`WhisperGPTProcessor.from_pretrained`).
-2. `prepare_dataset`: a folder of audio files, a built corpus (`whisper_gpt.corpus`) or a `datasets.Dataset` with
+2. `prepare_dataset`: a folder of audio files, a built corpus (`whisper_gpt.apps.corpus`) or a `datasets.Dataset` with
    an audio column -> a `datasets.Dataset` with one row per file:
 
    * ``codes``: (T, K) uint16 codec codes (frame-major, so `datasets` can store a variable T),
@@ -44,9 +44,9 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from .feature_extraction_whisper_gpt import WhisperGPTFeatureExtractor, normalize_audio_batch
-from .processing_whisper_gpt import WhisperGPTProcessor
-from .tokenization_whisper_gpt import WhisperGPTAudioTokenizer, small_encodec_config
+from ..feature_extraction_whisper_gpt import WhisperGPTFeatureExtractor, normalize_audio_batch
+from ..processing_whisper_gpt import WhisperGPTProcessor
+from ..tokenization_whisper_gpt import WhisperGPTAudioTokenizer, small_encodec_config
 
 logger = logging.getLogger(__name__)
 
@@ -264,7 +264,7 @@ def _source_rows(data: Any, split: str | None, audio_column: str) -> tuple[Any, 
             raise ValueError(f"{path} is not a folder of audio files, a built corpus or a saved dataset.")
         if (path / "dataset_info.json").is_file() or (path / "dataset_dict.json").is_file():
             return _source_rows(datasets.load_from_disk(str(path)), split, audio_column)
-        from .corpus import audio_files
+        from ..apps.corpus import audio_files
 
         files = audio_files(path, split=split)
         if not files:
@@ -640,8 +640,8 @@ def register_cli(subparsers: Any) -> None:
 
 
 def _prepare_command(args: Any) -> dict[str, Any]:
-    from .corpus import audio_files
-    from .training import configure_torch
+    from ..apps.corpus import audio_files
+    from .loop import configure_torch
 
     configure_torch(num_processes=1)
     processor_dir = Path(args.processor_dir)

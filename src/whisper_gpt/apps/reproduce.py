@@ -2,7 +2,7 @@
 
 One command, one time budget (``--budget-minutes``):
 
-1. builds (or reuses) a speech and a music corpus (`whisper_gpt.corpus.build_corpus`; the minutes cap per domain is
+1. builds (or reuses) a speech and a music corpus (`whisper_gpt.apps.corpus.build_corpus`; the minutes cap per domain is
    derived from the budget), or takes folders of the user's own audio;
 2. calibrates ONE local EnCodec (8 codebooks, 6 kbps geometry) on training audio of both domains and encodes every
    file once: codes, causal log-mel, and for the ablation domain the centered-STFT (leaky) mel and the mel of the
@@ -178,8 +178,8 @@ def _calibration_files(dirs: dict[str, Path], seconds: float) -> list[Path]:
 
 def _processor(config: ReproductionConfig, dirs: dict[str, Path]) -> tuple[Any, dict[str, Any]]:
     """One codec for everything: reuse OUTPUT_DIR/processor or calibrate it on training audio of both domains."""
-    from .data import build_processor
-    from .processing_whisper_gpt import WhisperGPTProcessor
+    from ..processing_whisper_gpt import WhisperGPTProcessor
+    from ..training.data import build_processor
 
     target = Path(config.output_dir) / "processor"
     stats_file = target / "calibration.json"
@@ -237,8 +237,8 @@ def _validation_subset(folder: Path, seconds: float) -> list[Path]:
 
 def _encode(processor: Any, files: list[Path], variants: tuple[str, ...], cache: Path) -> dict[str, Any]:
     """Codes (T, 8) and the requested mel variants (T, M) of every file, cached in one .npz per file list."""
-    from .data import load_audio, processor_fingerprint
-    from .feature_extraction_whisper_gpt import WhisperGPTFeatureExtractor, normalize_audio_batch
+    from ..feature_extraction_whisper_gpt import WhisperGPTFeatureExtractor, normalize_audio_batch
+    from ..training.data import load_audio, processor_fingerprint
 
     digest = hashlib.sha256(processor_fingerprint(processor).encode())
     for file in files:
@@ -289,7 +289,7 @@ def _unpack(packed: dict[str, np.ndarray], variants: tuple[str, ...]) -> dict[st
 
 
 def _dataset(encoded: dict[str, Any], variant: str) -> Any:
-    """A `datasets.Dataset` in the layout of `whisper_gpt.data.prepare_dataset` with the chosen mel variant."""
+    """A `datasets.Dataset` in the layout of `whisper_gpt.training.data.prepare_dataset` with the chosen mel variant."""
     import datasets
 
     num_codebooks = encoded["codes"][0].shape[1]
@@ -327,7 +327,7 @@ class RunSpec:
 
 
 def _model_config(spec: RunSpec, config: ReproductionConfig) -> Any:
-    from .training import model_config
+    from ..training.loop import model_config
 
     overrides = {
         "codebook_size": config.codebook_size,
@@ -370,7 +370,7 @@ def _model_inputs(batch: dict[str, torch.Tensor], cfg: Any, flat: bool, codebook
 
 def _evaluate_flat(model: Any, dataset: Any, window: int, codebook_size: int, batch_size: int = 8) -> dict[str, Any]:
     """Per-codebook NLL / accuracy of the flattened model, each token scored over its codebook's 1024 logits."""
-    from .data import SlidingWindows, WhisperGPTDataCollator
+    from ..training.data import SlidingWindows, WhisperGPTDataCollator
 
     windows = SlidingWindows(dataset, window)
     collate = WhisperGPTDataCollator(max_frames=window, random_crop=False)
@@ -424,7 +424,7 @@ def _evaluate_flat(model: Any, dataset: Any, window: int, codebook_size: int, ba
 
 
 def _evaluate(model: Any, spec: RunSpec, dataset: Any, config: ReproductionConfig) -> dict[str, Any]:
-    from .evaluation import evaluate_model
+    from ..training.evaluation import evaluate_model
 
     if spec.flat:
         return _evaluate_flat(model, dataset, config.max_frames, config.codebook_size)
@@ -442,7 +442,7 @@ def _optimizer(model: torch.nn.Module, config: ReproductionConfig) -> torch.opti
 
 
 def _loader(dataset: Any, config: ReproductionConfig, seed: int) -> tuple[Any, int]:
-    from .data import EpochShuffleSampler, TrainingCrops, WhisperGPTDataCollator
+    from ..training.data import EpochShuffleSampler, TrainingCrops, WhisperGPTDataCollator
 
     crops = TrainingCrops(dataset, config.max_frames)
     sampler = EpochShuffleSampler(len(crops), seed=seed)
@@ -464,7 +464,7 @@ def _loader(dataset: Any, config: ReproductionConfig, seed: int) -> tuple[Any, i
 
 def _time_steps(spec: RunSpec, config: ReproductionConfig, train_set: Any, eval_batch: dict[str, torch.Tensor]) -> dict:
     """Seconds per optimizer step (mean of ``timing_steps`` after one untimed step) and per evaluation batch."""
-    from .modeling_whisper_gpt import WhisperGPTForCausalLM
+    from ..modeling_whisper_gpt import WhisperGPTForCausalLM
 
     torch.manual_seed(spec.seed)
     cfg = _model_config(spec, config)
@@ -493,7 +493,7 @@ def _train_run(
 ) -> dict[str, Any]:
     from transformers import get_cosine_schedule_with_warmup
 
-    from .modeling_whisper_gpt import WhisperGPTForCausalLM
+    from ..modeling_whisper_gpt import WhisperGPTForCausalLM
 
     torch.manual_seed(spec.seed)
     np.random.seed(spec.seed)
@@ -572,7 +572,7 @@ def _memory_probe(spec_json: str) -> None:
     spec = RunSpec(**values["spec"])
     torch.set_num_threads(1)
     torch.set_flush_denormal(True)
-    from .modeling_whisper_gpt import WhisperGPTForCausalLM
+    from ..modeling_whisper_gpt import WhisperGPTForCausalLM
 
     cfg = _model_config(spec, config)
     model = WhisperGPTForCausalLM(cfg).train()
@@ -616,7 +616,7 @@ def _reset_peak_rss() -> None:
 
 def _measure_memory(spec: RunSpec, config: ReproductionConfig) -> dict[str, float] | None:
     payload = json.dumps({"config": _jsonable(asdict(config)), "spec": asdict(spec)})
-    code = f"from whisper_gpt.reproduce import _memory_probe; _memory_probe({payload!r})"
+    code = f"from whisper_gpt.apps.reproduce import _memory_probe; _memory_probe({payload!r})"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     if result.returncode != 0:
@@ -732,7 +732,7 @@ def run_reproduction(config: ReproductionConfig) -> dict[str, Any]:
     runs = main + ablations
 
     # Time every distinct model once, then allot one common step count to all runs.
-    from .data import WhisperGPTDataCollator
+    from ..training.data import WhisperGPTDataCollator
 
     mark = time.perf_counter()
     timing: dict[str, dict[str, float]] = {}

@@ -8,9 +8,10 @@ atomically with ``accelerator.save_state``, exact resumption, and a final ``save
 processor with its codec, generation config, model card) ready for the Hub.
 
 Exact resumption: the data order is a function of (seed, epoch) and each training crop a function of
-(seed, epoch, example) (`whisper_gpt.data.EpochShuffleSampler`, `TrainingCrops`), checkpoints store the optimizer,
-scheduler and every process's RNG states, and a resumed run skips the batches already consumed in the current epoch
-(`accelerator.skip_first_batches`). A run resumed from step k therefore repeats the uninterrupted run's losses.
+(seed, epoch, example) (`whisper_gpt.training.data.EpochShuffleSampler`, `TrainingCrops`), checkpoints store the
+optimizer, scheduler and every process's RNG states, and a resumed run skips the batches already consumed in the
+current epoch (`accelerator.skip_first_batches`). A run resumed from step k therefore repeats the uninterrupted
+run's losses.
 
 ``batch_size`` is the global batch: Accelerate splits each batch between processes (``split_batches=True``), so one
 process and N processes see the same examples in the same steps and train (up to floating-point order) the same
@@ -40,11 +41,11 @@ from typing import Any
 
 import torch
 
-from .configuration_whisper_gpt import WhisperGPTConfig
+from ..configuration_whisper_gpt import WhisperGPTConfig
+from ..modeling_whisper_gpt import WhisperGPTForCausalLM
+from ..processing_whisper_gpt import WhisperGPTProcessor
 from .data import EpochShuffleSampler, TrainingCrops, WhisperGPTDataCollator, build_processor, prepare_dataset
 from .evaluation import evaluate_model, format_metrics
-from .modeling_whisper_gpt import WhisperGPTForCausalLM
-from .processing_whisper_gpt import WhisperGPTProcessor
 
 logger = logging.getLogger(__name__)
 
@@ -109,9 +110,8 @@ def model_config(preset: str, overrides: dict[str, Any] | None = None) -> Whispe
 def configure_torch(num_processes: int, threads: int | None = None) -> int:
     """Set torch's CPU threads and flush denormals; returns the thread count.
 
-    Default: one core per process is left out of the count (at least one thread). Measured here on 2 cores with
-    other work running: 2 threads encoded audio 30x slower than 1 and trained ~5x slower (DESIGN §6), because
-    torch's threads spin-wait on cores they do not get; and denormal floats slowed CPU training severalfold.
+    Default: one core per process is left out of the count (at least one thread), because torch's threads
+    spin-wait on cores they do not get on a shared machine; denormal floats slow CPU training severalfold.
     """
     threads = threads or max(1, (os.cpu_count() or 1) // max(1, num_processes) - 1)
     torch.set_num_threads(threads)
@@ -192,7 +192,7 @@ def _processor_for(config: TrainingConfig, accelerator: Any, model_cfg: WhisperG
     """Load the given processor, or calibrate a local codec on the training audio (main process) and share it."""
     if config.processor:
         return WhisperGPTProcessor.from_pretrained(config.processor)
-    from .corpus import audio_files
+    from ..apps.corpus import audio_files
 
     target = Path(config.output_dir) / "processor"
     if accelerator.is_main_process and not (target / "audio_tokenizer").is_dir():

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .feature_extraction_whisper_gpt import WhisperGPTFeatureExtractor
+from ..feature_extraction_whisper_gpt import WhisperGPTFeatureExtractor
 
 
 def plot_continuation(

@@ -1,0 +1,20 @@
+"""Training-time code: dataset preparation, the one training loop, evaluation, codec fitting and model cards.
+
+None of it ships in a saved model folder; a folder loads with only the top-level model files.
+"""
+
+from .data import WhisperGPTDataCollator, build_processor, prepare_dataset
+from .evaluation import evaluate_model
+from .loop import TrainingConfig, configure_torch, latest_checkpoint, model_config, train
+
+__all__ = [
+    "TrainingConfig",
+    "WhisperGPTDataCollator",
+    "build_processor",
+    "configure_torch",
+    "evaluate_model",
+    "latest_checkpoint",
+    "model_config",
+    "prepare_dataset",
+    "train",
+]
