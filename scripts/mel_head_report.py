@@ -13,8 +13,8 @@ so its frames here are the frames it gives in generation for the same codes. ``h
 true, learned and exemplar frames of the held-out files with Griffin-Lim and gives the median periodicity of each
 (`whisper_gpt.apps.demo.describe_continuation`: about 1 for voiced speech and held notes, 0.15 for white noise):
 how much pitch survives each way of getting the frames. ``continuations`` continues 3 s of a held-out file (the
-demo's prompt) with each mel source, same seeds, renders with Griffin-Lim and describes the results as the demo does (mean over 3
-seeds). Finally it times generation (seconds of audio per wall-clock second)
+demo's prompt) with each mel source, same seeds, renders with Griffin-Lim and describes the results as the demo
+does (mean over 3 seeds). Finally it times generation (seconds of audio per wall-clock second)
 with ``mel_source="learned"`` and ``"exemplar"`` against ``mel_source="codec"`` for the same model.
 Prints JSON; ``--out`` writes it.
 
