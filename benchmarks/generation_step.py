@@ -85,7 +85,7 @@ def main() -> None:
     from transformers.cache_utils import DynamicCache
 
     from whisper_gpt import WhisperGPTConfig, WhisperGPTFeatureExtractor, WhisperGPTForCausalLM
-    from whisper_gpt.modeling_whisper_gpt import _logits_processors
+    from whisper_gpt.generation_whisper_gpt import _logits_processors
 
     tokenizer = random_weight_codec(quick=False)
     extractor = WhisperGPTFeatureExtractor()

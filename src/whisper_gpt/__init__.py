@@ -15,12 +15,8 @@ from transformers.pipelines import PIPELINE_REGISTRY
 
 from .configuration_whisper_gpt import WhisperGPTConfig
 from .feature_extraction_whisper_gpt import WhisperGPTFeatureExtractor
-from .modeling_whisper_gpt import (
-    WhisperGPTForCausalLM,
-    WhisperGPTGenerateOutput,
-    WhisperGPTModel,
-    WhisperGPTPreTrainedModel,
-)
+from .generation_whisper_gpt import WhisperGPTGenerateOutput
+from .modeling_whisper_gpt import WhisperGPTForCausalLM, WhisperGPTModel, WhisperGPTPreTrainedModel
 from .pipeline_whisper_gpt import TASK, AudioContinuationPipeline, WhisperGPTAudioStreamer
 from .processing_whisper_gpt import WhisperGPTProcessor
 from .tokenization_whisper_gpt import WhisperGPTAudioTokenizer, small_encodec_config
