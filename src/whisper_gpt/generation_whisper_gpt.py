@@ -26,6 +26,12 @@ from transformers.utils import ModelOutput
 from .feature_extraction_whisper_gpt import WhisperGPTFeatureExtractor
 
 
+def default_generation_config(config: Any) -> GenerationConfig:
+    """The generation defaults a model ships with: sampling from the 250 most likely codes, up to a context of
+    frames (``max_length`` counts frames, prompt included)."""
+    return GenerationConfig(do_sample=True, top_k=250, max_length=config.max_position_embeddings)
+
+
 class WhisperGPTGenerationMixin(GenerationMixin):
     """`generate()` for `WhisperGPTForCausalLM`: codes (B, K, T) in, codes (B, K, T + N) out."""
 
@@ -86,7 +92,7 @@ class WhisperGPTGenerationMixin(GenerationMixin):
             also holds the attention mask and, for the hybrid model, the mel frames it used.
         """
         config = self._generation_config(generation_config, kwargs)
-        codes = self.model._select_codes(input_ids)  # (B, K, T)
+        codes = self.model.validate_codes(input_ids)  # (B, K, T)
         batch_size, _, length = codes.shape
         lengths = attention_mask.sum(-1).long() if attention_mask is not None else torch.full((batch_size,), length)
         if bool((lengths < 1).any()):
@@ -104,7 +110,7 @@ class WhisperGPTGenerationMixin(GenerationMixin):
                 if input_features is None and not self.config.trains_on_mel_frames:
                     # A token-only model reads no mel frames; its prompt's are only rendered, so look them up too.
                     input_features = audio_tokenizer.mel_exemplar_frames(codes).to(self.device, self.dtype)
-            input_features = self.model._check_features(input_features, length)
+            input_features = self.model.validate_features(input_features, length)
         codes, input_features, mask = _left_align(codes, input_features, lengths)
         repeats = config.num_return_sequences or 1
         codes, mask = codes.repeat_interleave(repeats, 0), mask.repeat_interleave(repeats, 0)

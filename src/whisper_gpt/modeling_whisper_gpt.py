@@ -23,7 +23,7 @@ from transformers.utils.deprecation import deprecate_kwarg
 
 from .configuration_whisper_gpt import WhisperGPTConfig
 from .feature_extraction_whisper_gpt import WhisperGPTFeatureExtractor
-from .generation_whisper_gpt import WhisperGPTGenerationMixin
+from .generation_whisper_gpt import WhisperGPTGenerationMixin, default_generation_config
 
 
 def eager_attention(
@@ -353,7 +353,7 @@ class WhisperGPTModel(WhisperGPTPreTrainedModel):
         """(B, K, T) codes -> (B, T, H) sum of the K codebook embeddings."""
         return self.code_embeddings(codebook_offsets(codes, self.config.codebook_size, dim=1)).sum(dim=1)
 
-    def _select_codes(self, input_ids: torch.Tensor) -> torch.Tensor:
+    def validate_codes(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Validate (B, K_in, T) codes and keep the first K codebooks."""
         if input_ids.dim() != 3:
             raise ValueError(
@@ -376,7 +376,7 @@ class WhisperGPTModel(WhisperGPTPreTrainedModel):
             )
         return codes
 
-    def _check_features(self, input_features: torch.Tensor | None, length: int) -> torch.Tensor:
+    def validate_features(self, input_features: torch.Tensor | None, length: int) -> torch.Tensor:
         """Validate (B, T, M) mel frames against the codes' length T and the config."""
         if input_features is None:
             raise ValueError(
@@ -405,7 +405,7 @@ class WhisperGPTModel(WhisperGPTPreTrainedModel):
         cache: Cache | None,
     ) -> torch.Tensor:
         """(B, T, M) causal log-mel frames -> (B, T, S) mel stream."""
-        input_features = self._check_features(input_features, length)
+        input_features = self.validate_features(input_features, length)
         mel = self.mel_proj(input_features.to(self.mel_proj.weight.dtype)) + self.mel_positions(position_ids)
         for block in self.mel_blocks:
             mel, _ = block(mel, mask, cache=cache)
@@ -425,7 +425,7 @@ class WhisperGPTModel(WhisperGPTPreTrainedModel):
         **kwargs: Any,
     ) -> BaseModelOutputWithPast:
         """input_ids (B, K_in >= K, T) codes; input_features (B, T, M); attention_mask (B, past + T)."""
-        codes = self._select_codes(input_ids)  # (B, K, T)
+        codes = self.validate_codes(input_ids)  # (B, K, T)
         batch_size, _, length = codes.shape
         if use_cache is None:  # a cache only helps decoding; in training it would just hold memory
             use_cache = self.config.use_cache and not self.training
@@ -488,6 +488,7 @@ class WhisperGPTForCausalLM(WhisperGPTPreTrainedModel, WhisperGPTGenerationMixin
         if config.use_mel_head:
             self.mel_head = WhisperGPTMelHead(config)
         self.post_init()
+        self.generation_config = default_generation_config(config)
 
     def get_input_embeddings(self) -> nn.Embedding:
         return self.model.code_embeddings
@@ -510,6 +511,26 @@ class WhisperGPTForCausalLM(WhisperGPTPreTrainedModel, WhisperGPTGenerationMixin
         previous = next_codes[:, : self.config.num_codebooks - 1].permute(0, 2, 1)  # (B, T, K-1)
         logits = self.depth_decoder(hidden.reshape(batch_size * length, -1), previous.reshape(batch_size * length, -1))
         return logits.view(batch_size, length, self.config.num_codebooks, -1).permute(0, 2, 1, 3)
+
+    def decoding_step(
+        self,
+        codes: torch.Tensor,
+        input_features: torch.Tensor | None,
+        attention_mask: torch.Tensor,
+        position_ids: torch.Tensor,
+        cache: Cache | None,
+    ) -> torch.Tensor:
+        """Decoder states (B, T, H) of already validated inputs: codes (B, K, T), input_features (B, T, M) or None,
+        attention_mask (B, past + T), position_ids (B, T). Used by generate() for the prompt and for each new frame.
+        """
+        return self.model(
+            codes,
+            input_features=input_features,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            cache=cache,
+            use_cache=cache is not None,
+        ).last_hidden_state
 
     @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     def forward(
@@ -581,7 +602,7 @@ class WhisperGPTForCausalLM(WhisperGPTPreTrainedModel, WhisperGPTGenerationMixin
         if input_features is None:
             raise ValueError("The mel head learns from input_features: pass them with the labels.")
         length = predicted_mel.shape[1]
-        target = self.model._check_features(input_features, length)[:, 1:].to(predicted_mel.dtype)
+        target = self.model.validate_features(input_features, length)[:, 1:].to(predicted_mel.dtype)
         errors = (predicted_mel[:, :-1] - target).abs().mean(dim=-1)  # (B, T-1)
         if attention_mask is None:
             return errors.mean()
