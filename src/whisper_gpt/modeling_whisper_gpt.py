@@ -15,10 +15,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import initialization as init
-from transformers.cache_utils import Cache, DynamicCache
+from transformers.cache_utils import Cache, DynamicCache, DynamicLayer, StaticLayer
+from transformers.masking_utils import create_causal_mask
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
-from transformers.modeling_utils import PreTrainedModel
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
 from transformers.utils.deprecation import deprecate_kwarg
 
 from .configuration_whisper_gpt import WhisperGPTConfig
@@ -26,16 +27,24 @@ from .feature_extraction_whisper_gpt import WhisperGPTFeatureExtractor
 from .generation_whisper_gpt import WhisperGPTGenerationMixin, default_generation_config
 
 
-def eager_attention(
-    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor | None, dropout: float
+def eager_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    dropout: float = 0.0,
+    **kwargs: Any,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Reference attention that also returns the weights. q (B, h, Tq, d), k/v (B, h, Tk, d), mask bool."""
-    scores = query @ key.transpose(-1, -2) / math.sqrt(query.shape[-1])  # (B, h, Tq, Tk)
-    if mask is None:  # causal, queries aligned to the end of the keys
-        offset = key.shape[-2] - query.shape[-2]
-        mask = torch.ones(scores.shape[-2:], dtype=torch.bool, device=scores.device).tril(offset)
-    weights = scores.masked_fill(~mask, torch.finfo(scores.dtype).min).softmax(dim=-1)
-    return F.dropout(weights, p=dropout) @ value, weights
+    """Reference attention that also returns the weights: q (B, h, Tq, d), k/v (B, h, Tk, d), mask (B, 1, Tq, Tk)
+    additive (from transformers' masking utilities) or None (every key visible). Returns (B, Tq, h, d), weights."""
+    scores = query @ key.transpose(-1, -2) * scaling  # (B, h, Tq, Tk)
+    if attention_mask is not None:
+        scores = scores + attention_mask
+    weights = scores.softmax(dim=-1, dtype=torch.float32).to(query.dtype)
+    weights = F.dropout(weights, p=dropout, training=module.training)
+    return (weights @ value).transpose(1, 2).contiguous(), weights
 
 
 def codebook_offsets(codes: torch.Tensor, codebook_size: int, dim: int) -> torch.Tensor:
@@ -50,12 +59,16 @@ class ResidualProjection(nn.Linear):
 
 
 class WhisperGPTAttention(nn.Module):
-    """Causal multi-head self-attention with an optional KV cache slot ``layer_idx``."""
+    """Causal multi-head self-attention through transformers' attention interface (eager, sdpa, flex, flash), with
+    an optional KV cache slot ``layer_idx``. A mask of None means plain causal attention (every key for one query)."""
+
+    is_causal = True
 
     def __init__(self, width: int, num_heads: int, dropout: float, layer_idx: int | None, config: WhisperGPTConfig):
         super().__init__()
         self.num_heads = num_heads
-        self.dropout = dropout
+        self.scaling = (width // num_heads) ** -0.5
+        self.attention_dropout = dropout
         self.layer_idx = layer_idx
         self.config = config
         self.qkv_proj = nn.Linear(width, 3 * width)
@@ -69,18 +82,17 @@ class WhisperGPTAttention(nn.Module):
         query, key, value = qkv.permute(2, 0, 3, 1, 4)  # each (B, h, T, d)
         if cache is not None:
             key, value = cache.update(key, value, self.layer_idx)
-        dropout = self.dropout if self.training else 0.0
-        if self.config._attn_implementation == "eager":
-            output, weights = eager_attention(query, key, value, attention_mask, dropout)
-        else:
-            # No mask means a plain causal pattern; a single query (cached decoding) sees every key.
-            is_causal = attention_mask is None and query.shape[-2] > 1
-            output = F.scaled_dot_product_attention(
-                query, key, value, attn_mask=attention_mask, dropout_p=dropout, is_causal=is_causal
-            )
-            weights = None
-        output = output.transpose(1, 2).reshape(batch_size, length, width)
-        return self.out_proj(output), weights
+        attention = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention_forward)
+        output, weights = attention(
+            self,
+            query,
+            key,
+            value,
+            attention_mask,
+            dropout=self.attention_dropout if self.training else 0.0,
+            scaling=self.scaling,
+        )  # (B, T, h, d)
+        return self.out_proj(output.reshape(batch_size, length, width)), weights
 
 
 class WhisperGPTBlock(GradientCheckpointingLayer):
@@ -146,6 +158,7 @@ class WhisperGPTDepthDecoder(nn.Module):
 
     def __init__(self, config: WhisperGPTConfig):
         super().__init__()
+        self.config = config
         self.num_codebooks = config.num_codebooks
         self.codebook_size = config.codebook_size
         width = config.depth_hidden_size
@@ -169,8 +182,9 @@ class WhisperGPTDepthDecoder(nn.Module):
         inputs = self.in_proj(frame_states)[:, None, :].expand(-1, steps, -1)  # (N, k+1, D)
         code_embeds = self.code_embeddings(codebook_offsets(previous_codes, self.codebook_size, dim=1))  # (N, k, D)
         inputs = inputs + F.pad(code_embeds, (0, 0, 1, 0)) + self.codebook_positions.weight[:steps]
+        mask = create_causal_mask(config=self.config, inputs_embeds=inputs, attention_mask=None, cache=None)
         for block in self.blocks:
-            inputs, _ = block(inputs)
+            inputs, _ = block(inputs, mask)
         return torch.einsum("nkd,kdv->nkv", self.norm(inputs), self.heads[:steps])
 
     def step(
@@ -184,7 +198,7 @@ class WhisperGPTDepthDecoder(nn.Module):
         inputs = projected_states + self.codebook_positions.weight[codebook]
         if previous_code is not None:
             inputs = inputs + self.code_embeddings(previous_code + (codebook - 1) * self.codebook_size)
-        hidden = inputs[:, None]  # (N, 1, D)
+        hidden = inputs[:, None]  # (N, 1, D): one query sees every cached key, so no mask
         for block in self.blocks:
             hidden, _ = block(hidden, cache=cache)
         return self.norm(hidden[:, 0]) @ self.heads[codebook]
@@ -241,8 +255,9 @@ class WhisperGPTPreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = True
     _no_split_modules = ["WhisperGPTBlock"]
     _supports_sdpa = True
-    _supports_flash_attn = False
-    _supports_flex_attn = False
+    _supports_flash_attn = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
@@ -287,21 +302,20 @@ class WhisperGPTPreTrainedModel(PreTrainedModel):
             )
 
 
-def _attention_mask_4d(
-    attention_mask: torch.Tensor | None, past_length: int, length: int, device: torch.device
-) -> torch.Tensor | None:
-    """(B, past + T) padding mask -> (B, 1, T, past + T) bool causal mask, or None when plain causal suffices."""
-    if attention_mask is None or bool(attention_mask.all()):
-        if past_length == 0 or length == 1:
-            return None
-        attention_mask = torch.ones(1, past_length + length, dtype=torch.bool, device=device)
-    query_positions = torch.arange(past_length, past_length + length, device=device)
-    key_positions = torch.arange(past_length + length, device=device)
-    causal = key_positions[None, :] <= query_positions[:, None]  # (T, past + T)
-    mask = causal[None] & attention_mask.bool()[:, None, :]  # (B, T, past + T)
-    # A query on padding may have no visible key; letting it see itself keeps SDPA free of NaN.
-    mask = mask | (key_positions[None, :] == query_positions[:, None])[None]
-    return mask[:, None]
+def _add_mel_cache_layers(cache: Cache, needed: int) -> None:
+    """A cache built from the config holds the decoder's layers; the mel blocks' layers follow them (same kind)."""
+    if cache.layer_class_to_replicate is not None or len(cache.layers) >= needed:
+        return  # a lazily growing DynamicCache adds layers itself
+    template = cache.layers[0]
+    if isinstance(template, StaticLayer):
+        cache.layers.extend(StaticLayer(template.max_cache_len) for _ in range(needed - len(cache.layers)))
+    elif type(template) is DynamicLayer:
+        cache.layers.extend(DynamicLayer() for _ in range(needed - len(cache.layers)))
+    else:
+        raise ValueError(
+            f"The hybrid model keeps its mel blocks' keys in the cache after the decoder's; a {type(cache).__name__} "
+            f"with {type(template).__name__} layers cannot grow. Use DynamicCache or StaticCache."
+        )
 
 
 class WhisperGPTModel(WhisperGPTPreTrainedModel):
@@ -353,8 +367,11 @@ class WhisperGPTModel(WhisperGPTPreTrainedModel):
         """(B, K, T) codes -> (B, T, H) sum of the K codebook embeddings."""
         return self.code_embeddings(codebook_offsets(codes, self.config.codebook_size, dim=1)).sum(dim=1)
 
-    def validate_codes(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """Validate (B, K_in, T) codes and keep the first K codebooks."""
+    def validate_codes(self, input_ids: torch.Tensor, check_values: bool = True) -> torch.Tensor:
+        """Validate (B, K_in >= K, T) integer codes and keep the first K codebooks: (B, K, T).
+
+        ``check_values`` also checks that every code is in [0, codebook_size), which reads the tensor (a host sync);
+        the public entry points do it once, never inside a decoding step."""
         if input_ids.dim() != 3:
             raise ValueError(
                 f"input_ids must have shape (batch, codebooks, frames), got {tuple(input_ids.shape)}; "
@@ -368,7 +385,7 @@ class WhisperGPTModel(WhisperGPTPreTrainedModel):
                 "the audio at a higher codec bandwidth."
             )
         codes = input_ids[:, : self.num_codebooks]
-        if codes.numel() and (codes.min() < 0 or codes.max() >= self.config.codebook_size):
+        if check_values and codes.numel() and (codes.min() < 0 or codes.max() >= self.config.codebook_size):
             raise ValueError(
                 f"input_ids holds codes outside [0, {self.config.codebook_size}) (min {int(codes.min())}, max "
                 f"{int(codes.max())}); pad with a valid code (e.g. 0) and mark padding with attention_mask, "
@@ -396,21 +413,6 @@ class WhisperGPTModel(WhisperGPTPreTrainedModel):
             )
         return input_features
 
-    def _mel_states(
-        self,
-        input_features: torch.Tensor | None,
-        length: int,
-        position_ids: torch.Tensor,
-        mask: torch.Tensor | None,
-        cache: Cache | None,
-    ) -> torch.Tensor:
-        """(B, T, M) causal log-mel frames -> (B, T, S) mel stream."""
-        input_features = self.validate_features(input_features, length)
-        mel = self.mel_proj(input_features.to(self.mel_proj.weight.dtype)) + self.mel_positions(position_ids)
-        for block in self.mel_blocks:
-            mel, _ = block(mel, mask, cache=cache)
-        return self.mel_norm(mel)
-
     @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     def forward(
         self,
@@ -422,37 +424,87 @@ class WhisperGPTModel(WhisperGPTPreTrainedModel):
         use_cache: bool | None = None,
         output_hidden_states: bool | None = None,
         output_attentions: bool | None = None,
-        **kwargs: Any,
-    ) -> BaseModelOutputWithPast:
-        """input_ids (B, K_in >= K, T) codes; input_features (B, T, M); attention_mask (B, past + T)."""
-        codes = self.validate_codes(input_ids)  # (B, K, T)
-        batch_size, _, length = codes.shape
+        return_dict: bool | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+    ) -> BaseModelOutputWithPast | tuple:
+        """Decoder states (B, T, H) for codes input_ids (B, K_in >= K, T) and, for the hybrid, their mel frames
+        input_features (B, T, M); attention_mask (B, past + T) marks real frames (1) and padding (0).
+
+        Unset output flags and ``return_dict`` take the config's values. ``hidden_states`` holds the decoder input
+        and every layer's output (the last after the final norm); ``attentions`` each decoder layer's weights.
+        """
+        if inputs_embeds is not None:
+            raise ValueError(
+                "Whisper-GPT reads codes (input_ids), not inputs_embeds: a frame's input is built from "
+                "its codes and mel frame inside the model."
+            )
+        flags = self._resolve_output_flags(output_hidden_states, output_attentions, return_dict)
         if use_cache is None:  # a cache only helps decoding; in training it would just hold memory
             use_cache = self.config.use_cache and not self.training
         if use_cache and cache is None and not (self.gradient_checkpointing and self.training):
-            cache = DynamicCache()
+            cache = DynamicCache(config=self.config)
+        checking = not torch.compiler.is_compiling()
+        codes = self.validate_codes(input_ids, check_values=checking)  # (B, K, T)
+        batch_size, _, length = codes.shape
         past_length = cache.get_seq_length() if cache is not None else 0
         if attention_mask is not None and attention_mask.shape != (batch_size, past_length + length):
             raise ValueError(
                 f"attention_mask must have shape (batch, past + frames) = ({batch_size}, {past_length + length}), "
                 f"got {tuple(attention_mask.shape)}."
             )
+        if self.config.use_spectrogram:
+            input_features = self.validate_features(input_features, length)
         if position_ids is None:
-            if attention_mask is None:
-                position_ids = torch.arange(past_length, past_length + length, device=codes.device)[None]
-            else:
-                position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -length:]
-        if int(position_ids.max()) >= self.config.max_position_embeddings:
+            position_ids = frame_positions(attention_mask, past_length, length, codes.device)
+        if checking and int(position_ids.max()) >= self.config.max_position_embeddings:
             raise ValueError(
                 f"The sequence reaches position {int(position_ids.max())} but the model's context is "
                 f"{self.config.max_position_embeddings} frames; crop the input or generate with a sliding window."
             )
-        mask = _attention_mask_4d(attention_mask, past_length, length, codes.device)
+        outputs = self.decode(codes, input_features, attention_mask, position_ids, cache, *flags[:2])
+        return outputs if flags[2] else outputs.to_tuple()
 
+    def _resolve_output_flags(
+        self, output_hidden_states: bool | None, output_attentions: bool | None, return_dict: bool | None
+    ) -> tuple[bool, bool, bool]:
+        config = self.config
+        hidden = config.output_hidden_states if output_hidden_states is None else output_hidden_states
+        attentions = config.output_attentions if output_attentions is None else output_attentions
+        if attentions and config._attn_implementation != "eager":
+            raise ValueError(
+                f"output_attentions=True needs eager attention; this model uses {config._attn_implementation!r}. "
+                'Load it with attn_implementation="eager" or call model.set_attn_implementation("eager").'
+            )
+        return bool(hidden), bool(attentions), config.return_dict if return_dict is None else return_dict
+
+    def decode(
+        self,
+        codes: torch.Tensor,
+        input_features: torch.Tensor | None,
+        attention_mask: torch.Tensor | None,
+        position_ids: torch.Tensor,
+        cache: Cache | None,
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
+    ) -> BaseModelOutputWithPast:
+        """The backbone on validated inputs, with no host sync (the decoding step generation compiles):
+        codes (B, K, T), input_features (B, T, M) (hybrid) or None, attention_mask (B, past + T) or None,
+        position_ids (B, T) -> last_hidden_state (B, T, H)."""
         hidden = self.embed_codes(codes)  # (B, T, H)
+        mask = create_causal_mask(
+            config=self.config,
+            inputs_embeds=hidden,
+            attention_mask=attention_mask,
+            cache=cache,
+            position_ids=position_ids,
+        )
         if self.config.use_spectrogram:
-            mel = self._mel_states(input_features, length, position_ids, mask, cache)  # (B, T, S)
-            hidden = self.fusion(hidden, mel)
+            if cache is not None:
+                _add_mel_cache_layers(cache, self.config.num_hidden_layers + len(self.mel_blocks))
+            mel = self.mel_proj(input_features.to(self.mel_proj.weight.dtype)) + self.mel_positions(position_ids)
+            for block in self.mel_blocks:
+                mel, _ = block(mel, mask, cache=cache)
+            hidden = self.fusion(hidden, self.mel_norm(mel))  # (B, T, H)
         hidden = self.dropout(hidden + self.position_embeddings(position_ids))
 
         all_hidden = () if output_hidden_states else None
@@ -469,6 +521,15 @@ class WhisperGPTModel(WhisperGPTPreTrainedModel):
         return BaseModelOutputWithPast(
             last_hidden_state=hidden, cache=cache, hidden_states=all_hidden, attentions=all_attentions
         )
+
+
+def frame_positions(
+    attention_mask: torch.Tensor | None, past_length: int, length: int, device: torch.device
+) -> torch.Tensor:
+    """Position ids (B or 1, T) of the newest T frames: counted over real frames, so left padding starts at 0."""
+    if attention_mask is None:
+        return torch.arange(past_length, past_length + length, device=device)[None]
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -length:]
 
 
 class WhisperGPTForCausalLM(WhisperGPTPreTrainedModel, WhisperGPTGenerationMixin):
@@ -516,21 +577,30 @@ class WhisperGPTForCausalLM(WhisperGPTPreTrainedModel, WhisperGPTGenerationMixin
         self,
         codes: torch.Tensor,
         input_features: torch.Tensor | None,
-        attention_mask: torch.Tensor,
+        attention_mask: torch.Tensor | None,
         position_ids: torch.Tensor,
         cache: Cache | None,
     ) -> torch.Tensor:
-        """Decoder states (B, T, H) of already validated inputs: codes (B, K, T), input_features (B, T, M) or None,
-        attention_mask (B, past + T), position_ids (B, T). Used by generate() for the prompt and for each new frame.
-        """
-        return self.model(
-            codes,
-            input_features=input_features,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            cache=cache,
-            use_cache=cache is not None,
-        ).last_hidden_state
+        """Decoder states (B, T, H) of already validated inputs (no checks, no host sync: generation compiles it):
+        codes (B, K, T), input_features (B, T, M) or None, attention_mask (B, past + T), position_ids (B, T).
+        Used by generate() for the prompt and for each new frame."""
+        return self.model.decode(codes, input_features, attention_mask, position_ids, cache).last_hidden_state
+
+    def resize_token_embeddings(self, *args: Any, **kwargs: Any) -> nn.Embedding:
+        """Refused: the vocabulary is the codec's (num_codebooks x codebook_size codes), not a tokenizer's."""
+        raise ValueError(
+            "Whisper-GPT's vocabulary is its codec's codebooks (num_codebooks x codebook_size codes); it cannot be "
+            "resized. For a codec with another codebook_size, build a new WhisperGPTConfig(codebook_size=...) and "
+            "train that model."
+        )
+
+    def enable_input_require_grads(self) -> None:
+        """As in transformers, plus the mel projection's output: with reentrant gradient checkpointing, adapters
+        in the mel blocks get gradients only if their input requires grad, and the mel frames never do."""
+        super().enable_input_require_grads()
+        if self.config.use_spectrogram:
+            hook = self.model.mel_proj.register_forward_hook(lambda module, inputs, output: output.requires_grad_(True))
+            self._require_grads_hooks.append(hook)
 
     @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     def forward(
@@ -545,14 +615,23 @@ class WhisperGPTForCausalLM(WhisperGPTPreTrainedModel, WhisperGPTGenerationMixin
         output_hidden_states: bool | None = None,
         output_attentions: bool | None = None,
         return_dict: bool | None = None,
-        **kwargs: Any,
+        shift_labels: torch.LongTensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
     ) -> WhisperGPTCausalLMOutput | tuple:
         """Logits (B, K, T, V) where position t predicts the codes of frame t+1.
 
         ``labels`` (B, K_in >= K, T) are the codes themselves (usually ``input_ids``); they are shifted inside,
         entries equal to -100 or under ``attention_mask == 0`` are ignored, and the loss is the mean
-        cross-entropy (nats) over all predicted codes of all K codebooks.
+        cross-entropy (nats) over all predicted codes of all K codebooks. ``shift_labels`` (B, K_in >= K, T) are
+        targets already shifted (position t's target at t, -100 ignored), as sequence-parallel training passes
+        them for a chunk whose next frame lies in another chunk; with K > 1 they also teacher-force the depth
+        decoder. Pass one of the two. Unset output flags and ``return_dict`` take the config's values.
         """
+        if labels is not None and shift_labels is not None:
+            raise ValueError("Pass labels (shifted inside) or shift_labels (already shifted), not both.")
+        if shift_labels is not None and self.config.use_mel_head:
+            raise ValueError("The mel head learns from the next frame's input_features; train it with labels.")
+        *_, return_dict = self.model._resolve_output_flags(output_hidden_states, output_attentions, return_dict)
         outputs = self.model(
             input_ids,
             input_features=input_features,
@@ -562,14 +641,19 @@ class WhisperGPTForCausalLM(WhisperGPTPreTrainedModel, WhisperGPTGenerationMixin
             use_cache=use_cache,
             output_hidden_states=output_hidden_states,
             output_attentions=output_attentions,
+            return_dict=True,
+            inputs_embeds=inputs_embeds,
         )
         codes = input_ids[:, : self.config.num_codebooks]
-        # Position t is conditioned on (depth decoder) or predicts (mel head) frame t+1; the last position has
-        # no next frame yet, and padding is no next frame either: both get the placeholder code 0.
-        following = F.pad(codes[..., 1:], (0, 1))  # (B, K, T)
-        if attention_mask is not None:
-            next_valid = F.pad(attention_mask[:, -codes.shape[-1] :][:, 1:], (0, 1))
-            following = following * next_valid[:, None].to(following.dtype)
+        if shift_labels is not None:
+            following = self._check_labels(shift_labels, codes.shape[-1]).clamp(min=0)  # -100: placeholder code 0
+        else:
+            # Position t is conditioned on (depth decoder) or predicts (mel head) frame t+1; the last position has
+            # no next frame yet, and padding is no next frame either: both get the placeholder code 0.
+            following = F.pad(codes[..., 1:], (0, 1))  # (B, K, T)
+            if attention_mask is not None:
+                next_valid = F.pad(attention_mask[:, -codes.shape[-1] :][:, 1:], (0, 1))
+                following = following * next_valid[:, None].to(following.dtype)
         logits = self.frame_logits(outputs.last_hidden_state, following)
 
         loss = mel_loss = predicted_mel = None
@@ -583,9 +667,10 @@ class WhisperGPTForCausalLM(WhisperGPTPreTrainedModel, WhisperGPTGenerationMixin
             if self.config.use_mel_head:
                 mel_loss = self.next_mel_loss(predicted_mel, input_features, attention_mask)
                 loss = loss + self.config.mel_loss_weight * mel_loss
-        if return_dict is False:
-            return tuple(v for v in (loss, logits, outputs.cache, outputs.hidden_states) if v is not None)
-        return WhisperGPTCausalLMOutput(
+        elif shift_labels is not None:
+            targets = self._check_labels(shift_labels, codes.shape[-1]).to(logits.device)
+            loss = F.cross_entropy(logits.flatten(0, 2).float(), targets.reshape(-1), ignore_index=-100)
+        output = WhisperGPTCausalLMOutput(
             loss=loss,
             logits=logits,
             cache=outputs.cache,
@@ -594,6 +679,19 @@ class WhisperGPTForCausalLM(WhisperGPTPreTrainedModel, WhisperGPTGenerationMixin
             mel_loss=mel_loss,
             predicted_mel=predicted_mel,
         )
+        return output if return_dict else output.to_tuple()
+
+    def _check_labels(self, labels: torch.Tensor, length: int) -> torch.Tensor:
+        """(B, K_in >= K, T) integer labels -> their first K codebooks (B, K, T)."""
+        num_codebooks = self.config.num_codebooks
+        if labels.dim() != 3 or labels.shape[1] < num_codebooks or labels.shape[2] != length:
+            raise ValueError(
+                f"labels must have shape (batch, >= {num_codebooks}, {length}) like input_ids, got "
+                f"{tuple(labels.shape)}."
+            )
+        if labels.dtype.is_floating_point or labels.dtype == torch.bool:
+            raise ValueError(f"labels must be integer codes (-100 to ignore), got dtype {labels.dtype}.")
+        return labels[:, :num_codebooks]
 
     def next_mel_loss(
         self, predicted_mel: torch.Tensor, input_features: torch.Tensor | None, attention_mask: torch.Tensor | None
@@ -613,13 +711,8 @@ class WhisperGPTForCausalLM(WhisperGPTPreTrainedModel, WhisperGPTGenerationMixin
         self, logits: torch.Tensor, labels: torch.Tensor, attention_mask: torch.Tensor | None = None
     ) -> torch.Tensor:
         """Mean cross-entropy of logits (B, K, T, V) at t against labels (B, K_in, T) at t+1."""
-        num_codebooks, length = logits.shape[1], logits.shape[2]
-        if labels.dim() != 3 or labels.shape[1] < num_codebooks or labels.shape[2] != length:
-            raise ValueError(
-                f"labels must have shape (batch, >= {num_codebooks}, {length}) like input_ids, got "
-                f"{tuple(labels.shape)}."
-            )
-        labels = labels[:, :num_codebooks].to(logits.device)
+        length = logits.shape[2]
+        labels = self._check_labels(labels, length).to(logits.device)
         if attention_mask is not None:
             labels = labels.masked_fill(attention_mask[:, None, -length:].to(labels.device) == 0, -100)
         shift_logits = logits[:, :, :-1].reshape(-1, logits.shape[-1]).float()
