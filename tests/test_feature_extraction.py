@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 
 import numpy as np
 import pytest
@@ -78,6 +79,14 @@ def test_resampling_keeps_the_frame_count_of_the_24khz_signal(extractor, caplog)
     audio_16k = real_like_audio(1.0, sampling_rate=16000)
     out = extractor(audio_16k, sampling_rate=16000, return_tensors="pt")
     assert out.input_features.shape[1] == 75
+
+
+def test_resampling_without_soxr_says_what_to_do(extractor, monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "soxr", None)  # `import soxr` now fails, as where it is not installed
+    with pytest.raises(ImportError, match=r"pip install soxr, or pass audio recorded or resampled at 24000 Hz"):
+        extractor(real_like_audio(0.2, sampling_rate=16000), sampling_rate=16000)
+    at_24k = extractor(real_like_audio(0.2), sampling_rate=24000, return_tensors="pt")  # no resampler needed
+    assert at_24k.input_features.shape == (1, 15, 80)
 
 
 def test_stereo_is_downmixed_both_layouts(extractor) -> None:

@@ -75,7 +75,8 @@ def normalize_audio_batch(
 
     ``audio`` is one clip (1-D, or 2-D with up to two channels) or a list of clips. Returns a list of
     (num_samples,) float32 arrays. Raises ``ValueError`` for a missing or invalid sampling rate, empty
-    clips, non-finite samples and arrays of the wrong rank.
+    clips, non-finite samples and arrays of the wrong rank. Audio at another rate is resampled with soxr
+    (an optional dependency); ``ImportError`` says what to do when it is not installed.
     """
     if sampling_rate is None:
         raise ValueError(
@@ -93,8 +94,15 @@ def normalize_audio_batch(
         raise ValueError("audio is an empty list; pass at least one clip.")
     mono = [_to_float_mono(clip, index) for index, clip in enumerate(clips)]
     if sampling_rate != target_sampling_rate:
-        import soxr
-
+        # Optional: neither torch nor transformers has a resampler of its own (transformers uses soxr or
+        # torchaudio), and audio already at the model's rate never needs one.
+        try:
+            import soxr
+        except ImportError as error:
+            raise ImportError(
+                f"Resampling audio from {sampling_rate} Hz to {target_sampling_rate} Hz needs the soxr package: "
+                f"pip install soxr, or pass audio recorded or resampled at {target_sampling_rate} Hz."
+            ) from error
         logger.warning_once(
             f"Resampling audio from {sampling_rate} Hz to {target_sampling_rate} Hz with soxr. Pass audio at "
             f"{target_sampling_rate} Hz to skip this step."
@@ -115,7 +123,7 @@ class WhisperGPTFeatureExtractor(SequenceFeatureExtractor):
     Args:
         feature_size (`int`, defaults to 80): number of mel bins.
         sampling_rate (`int`, defaults to 24000): rate the features are computed at; other rates are
-            resampled with soxr.
+            resampled with soxr (optional: ``pip install soxr``).
         hop_length (`int`, defaults to 320): samples per frame; must equal the codec's hop.
         n_fft (`int`, defaults to 1024): window length in samples; the window of frame ``t`` ends at
             sample ``(t + 1) * hop_length``.
