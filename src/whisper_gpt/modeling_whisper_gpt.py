@@ -210,11 +210,9 @@ class WhisperGPTMelHead(nn.Module):
 
     Frame t's window (n_fft samples ending at frame t's last sample) reaches back into frames t-F+1..t, with
     F = ceil(n_fft / hop) (4 at 1024 / 320), so the head reads the embedded codes of those F frames (the model's own
-    code embeddings; zeros before the first frame). It reads neither the decoder state nor earlier mel frames: in
-    generation its frames are fed back to the model, and a head that depends on them drifts (a head on the decoder
-    state and the codes of frame t+1, fed its own frames over a held-out file's true codes, ran to a constant
-    level; one that also read mel frame t learned to copy it and held one frame). This one gives the same
-    frame for the same codes, fed back or not.
+    code embeddings; zeros before the first frame). It reads neither the decoder state nor earlier mel frames, so it
+    gives the same frame for the same codes whether its frames are fed back in generation or not (docs/design_notes.md
+    says why that matters).
     """
 
     def __init__(self, config: WhisperGPTConfig):
