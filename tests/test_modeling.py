@@ -284,6 +284,35 @@ BAD_INPUTS = [
     ),
     ("missing features", lambda i: {"input_ids": i["input_ids"]}, "use_spectrogram=False"),
     ("wrong mask shape", lambda i: dict(i, attention_mask=torch.ones(2, 19)), "attention_mask"),
+    (
+        "NaN features",
+        lambda i: dict(i, input_features=i["input_features"].index_fill(1, torch.tensor([3]), float("nan"))),
+        "NaN",
+    ),
+    (
+        "Inf features",
+        lambda i: dict(i, input_features=i["input_features"].index_fill(1, torch.tensor([0]), float("inf"))),
+        "NaN or Inf",
+    ),
+    ("labels all ignored", lambda i: dict(i, labels=torch.full_like(i["input_ids"], -100)), "No position has a target"),
+    (
+        "padding everywhere",
+        lambda i: dict(i, labels=i["input_ids"], attention_mask=torch.zeros(2, i["input_ids"].shape[-1])),
+        "No position",
+    ),
+    (
+        "one frame with labels",
+        lambda i: dict(
+            i,
+            input_ids=i["input_ids"][..., :1],
+            input_features=i["input_features"][:, :1],
+            labels=i["input_ids"][..., :1],
+        ),
+        "at least 2 frames",
+    ),
+    ("float labels", lambda i: dict(i, labels=i["input_ids"].float()), "integer codes"),
+    ("labels and shift_labels", lambda i: dict(i, labels=i["input_ids"], shift_labels=i["input_ids"]), "not both"),
+    ("inputs_embeds", lambda i: dict(i, inputs_embeds=torch.zeros(2, 3, 4)), "inputs_embeds"),
 ]
 
 

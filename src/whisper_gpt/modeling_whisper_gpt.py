@@ -391,8 +391,11 @@ class WhisperGPTModel(WhisperGPTPreTrainedModel):
             )
         return codes
 
-    def validate_features(self, input_features: torch.Tensor | None, length: int) -> torch.Tensor:
-        """Validate (B, T, M) mel frames against the codes' length T and the config."""
+    def validate_features(
+        self, input_features: torch.Tensor | None, length: int, check_values: bool = True
+    ) -> torch.Tensor:
+        """Validate (B, T, M) mel frames against the codes' length T and the config; ``check_values`` also refuses
+        NaN and Inf (a host sync, done once at the public entry points)."""
         if input_features is None:
             raise ValueError(
                 "This hybrid model needs input_features (the causal log-mel frames aligned with input_ids); get "
@@ -408,6 +411,11 @@ class WhisperGPTModel(WhisperGPTPreTrainedModel):
             raise ValueError(
                 f"input_features has {input_features.shape[1]} frames but input_ids has {length}; features and "
                 "codes must come from the same audio with the same hop length (use WhisperGPTProcessor)."
+            )
+        if check_values and not bool(torch.isfinite(input_features).all()):
+            raise ValueError(
+                "input_features holds NaN or Inf values; compute the mel frames with WhisperGPTProcessor from finite "
+                "audio (a NaN frame would make every later frame's output NaN)."
             )
         return input_features
 
@@ -451,7 +459,7 @@ class WhisperGPTModel(WhisperGPTPreTrainedModel):
                 f"got {tuple(attention_mask.shape)}."
             )
         if self.config.use_spectrogram:
-            input_features = self.validate_features(input_features, length)
+            input_features = self.validate_features(input_features, length, check_values=checking)
         if position_ids is None:
             position_ids = frame_positions(attention_mask, past_length, length, codes.device)
         if checking and int(position_ids.max()) >= self.config.max_position_embeddings:
@@ -519,6 +527,16 @@ class WhisperGPTModel(WhisperGPTPreTrainedModel):
         return BaseModelOutputWithPast(
             last_hidden_state=hidden, cache=cache, hidden_states=all_hidden, attentions=all_attentions
         )
+
+
+def _mean_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy (nats) of logits (..., V) against targets (...) over the targets that are not -100."""
+    if not torch.compiler.is_compiling() and not bool((targets != -100).any()):
+        raise ValueError(
+            "No position has a target to score: every label is -100 or under attention_mask == 0 (or only the last "
+            "frame of each row is real). Drop such batches or give them at least two real frames."
+        )
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), ignore_index=-100)
 
 
 def frame_positions(
@@ -666,8 +684,7 @@ class WhisperGPTForCausalLM(WhisperGPTPreTrainedModel, WhisperGPTGenerationMixin
                 mel_loss = self.next_mel_loss(predicted_mel, input_features, attention_mask)
                 loss = loss + self.config.mel_loss_weight * mel_loss
         elif shift_labels is not None:
-            targets = self._check_labels(shift_labels, codes.shape[-1]).to(logits.device)
-            loss = F.cross_entropy(logits.flatten(0, 2).float(), targets.reshape(-1), ignore_index=-100)
+            loss = _mean_cross_entropy(logits, self._check_labels(shift_labels, codes.shape[-1]).to(logits.device))
         output = WhisperGPTCausalLMOutput(
             loss=loss,
             logits=logits,
@@ -713,11 +730,9 @@ class WhisperGPTForCausalLM(WhisperGPTPreTrainedModel, WhisperGPTGenerationMixin
         labels = self._check_labels(labels, length).to(logits.device)
         if attention_mask is not None:
             labels = labels.masked_fill(attention_mask[:, None, -length:].to(labels.device) == 0, -100)
-        shift_logits = logits[:, :, :-1].reshape(-1, logits.shape[-1]).float()
-        shift_labels = labels[:, :, 1:].reshape(-1)
-        return F.cross_entropy(shift_logits, shift_labels, ignore_index=-100)
-
-    # ------------------------------------------------------------------------------------------ generation
+        if length < 2:
+            raise ValueError("A loss needs at least 2 frames: with labels, position t is scored on frame t+1.")
+        return _mean_cross_entropy(logits[:, :, :-1], labels[:, :, 1:])
 
     def mel_feature_extractor(self) -> WhisperGPTFeatureExtractor:
         """The feature extractor whose settings this model was configured with (used for generated frames)."""
