@@ -1,12 +1,12 @@
 """Measure what data-driven encoder initialisation and the log-mel encoder fit do for a locally built EnCodec.
 
-Builds the same randomly initialised small EnCodec three times and calibrates its codebooks (k-means) after:
-nothing ("random"), `initialize_encoder` ("initialised"), and `initialize_encoder` + `fit_encoder_to_mel`
-("fitted", as `build_processor` does by default). Reports on held-out audio: codebook-0 usage entropy, codes used,
-how well a per-code probe predicts the causal log-mel frame from the frame's codebook-0 code (mel L1 of the probe
-vs predicting the mean frame), how often consecutive frames keep their code, and the held-out cross-entropy of a
-bigram model of the codes fitted on the training audio (what a language model can learn quickly; nats). Prints
-JSON; ``--out`` also writes it.
+Builds the same randomly initialised small EnCodec three times and calibrates its codebooks (k-means) after: nothing
+("random"), `initialize_encoder` ("initialised"), and `initialize_encoder` + `fit_encoder_to_mel` ("fitted", as
+`build_processor` does by default; all in `whisper_gpt.training.codec_fitting`). Reports on held-out audio:
+codebook-0 usage entropy, codes used, how well a per-code probe predicts the causal log-mel frame from the frame's
+codebook-0 code (mel L1 of the probe vs predicting the mean frame), how often consecutive frames keep their code,
+and the held-out cross-entropy of a bigram model of the codes fitted on the training audio (what a language model
+can learn quickly; nats). Prints JSON; ``--out`` also writes it.
 
     python scripts/codec_init_effect.py --corpus runs/corpus/speech        # a folder of audio or a built corpus
 """
@@ -25,6 +25,7 @@ from transformers import EncodecModel
 
 from whisper_gpt import WhisperGPTAudioTokenizer, WhisperGPTFeatureExtractor, small_encodec_config
 from whisper_gpt.apps.corpus import audio_files
+from whisper_gpt.training.codec_fitting import calibrate, fit_encoder_to_mel, initialize_encoder
 
 
 def load_clips(folder: Path, split: str, max_seconds: float) -> list[np.ndarray]:
@@ -74,9 +75,9 @@ def measure(encoder: str, train_clips, test_clips, seed: int, fit_steps: int) ->
     extractor = WhisperGPTFeatureExtractor()
     fit = {}
     if encoder == "fitted":
-        tokenizer.initialize_encoder(train_clips)
-        fit = tokenizer.fit_encoder_to_mel(train_clips, extractor, steps=fit_steps, seed=seed)
-    stats = tokenizer.calibrate(train_clips, 24000, initialize_encoder=encoder == "initialised", seed=seed)
+        initialize_encoder(tokenizer, train_clips)
+        fit = fit_encoder_to_mel(tokenizer, train_clips, extractor, steps=fit_steps, seed=seed)
+    stats = calibrate(tokenizer, train_clips, 24000, initialize_encoder=encoder == "initialised", seed=seed)
     pairs, per_clip = {}, {}
     for name, clips in (("train", train_clips), ("test", test_clips)):
         per_clip[name] = [tokenizer.encode(clip, 24000)[0, 0] for clip in clips]

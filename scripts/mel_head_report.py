@@ -3,7 +3,8 @@
 Trains the paper's hybrid with ``use_mel_head=True`` on a built corpus (a short run), then on the held-out
 files measures the mel L1 to the true causal log-mel frame t+1 of:
 - the learned frame (the mel head on the true codes of the frames its window covers),
-- the codec's exemplar frame of code t+1 (`WhisperGPTAudioTokenizer.fit_mel_exemplars`: a real frame per code),
+- the codec's exemplar frame of code t+1 (`whisper_gpt.training.codec_fitting.fit_mel_exemplars`: a real frame
+  per code),
 - the frame computed from codec-decoded audio (codebook 0 only, and all the codebooks the codec emits),
 - copying frame t (a baseline generation cannot use: it has no true frame t),
 - holding the frame at 0.5 s for the rest of the clip (what a head that only copies would give in generation),
@@ -44,6 +45,7 @@ from whisper_gpt.apps.corpus import audio_files
 from whisper_gpt.apps.demo import _prompt_file, describe_continuation, frame_periodicity
 from whisper_gpt.feature_extraction_whisper_gpt import normalize_audio_batch
 from whisper_gpt.training import TrainingConfig, train
+from whisper_gpt.training.codec_fitting import fit_mel_exemplars
 from whisper_gpt.training.data import build_processor, load_audio
 
 
@@ -223,7 +225,7 @@ def main() -> None:
         train_clips = (
             normalize_audio_batch(*load_audio(path), rate)[0] for path in audio_files(args.corpus, split="train")
         )
-        processor.audio_tokenizer.fit_mel_exemplars(train_clips, processor.feature_extractor)
+        fit_mel_exemplars(processor.audio_tokenizer, train_clips, processor.feature_extractor)
     clips = heldout_clips(args.corpus, args.heldout_seconds)
     heldout_mel_l1, heldout_periodicity = mel_errors(model, processor, clips)
     report = {

@@ -63,11 +63,12 @@ def build_tiny_processor():
         WhisperGPTProcessor,
         small_encodec_config,
     )
+    from whisper_gpt.training.codec_fitting import calibrate
 
     torch.manual_seed(0)
     codec = EncodecModel(small_encodec_config(codebook_size=TINY_CODEBOOK_SIZE))
     tokenizer = WhisperGPTAudioTokenizer(codec, bandwidth=6.0)
-    tokenizer.calibrate([real_like_audio(6.0, seed=seed) for seed in range(2)], sampling_rate=24000, iterations=10)
+    calibrate(tokenizer, [real_like_audio(6.0, seed=seed) for seed in range(2)], sampling_rate=24000, iterations=10)
     return WhisperGPTProcessor(WhisperGPTFeatureExtractor(feature_size=TINY_MEL_BINS), tokenizer)
 
 

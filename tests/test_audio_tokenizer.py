@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 from transformers import EncodecModel
 
 from whisper_gpt.tokenization_whisper_gpt import WhisperGPTAudioTokenizer, small_encodec_config
+from whisper_gpt.training.codec_fitting import calibrate, fit_encoder_to_mel, initialize_encoder
 
 SR = 24_000
 HOP = 320
@@ -108,7 +109,7 @@ def calibration():
     held_out = synthetic_audio(6.0, seed=100)
     codes_before = tokenizer.encode(held_out, SR)
     clips = [synthetic_audio(4.0, seed) for seed in range(4)]
-    stats = tokenizer.calibrate(clips, SR)
+    stats = calibrate(tokenizer, clips, SR)
     return tokenizer, stats, codes_before, held_out
 
 
@@ -179,8 +180,8 @@ def test_padded_batch_matches_each_clip_alone(tokenizer):
 def test_batched_codec_passes_match_single_clips_up_to_rounding(tokenizer):
     clips = [synthetic_audio(seconds, seed) for seed, seconds in enumerate([1.5, 0.013, 2.0, 0.7])]
     with torch.inference_mode():
-        batched = list(tokenizer._clip_embeddings(clips, batch_size=4))
-        alone = list(tokenizer._clip_embeddings(clips, batch_size=1))
+        batched = list(tokenizer.embed_clips(clips, batch_size=4))
+        alone = list(tokenizer.embed_clips(clips, batch_size=1))
     for together, single in zip(batched, alone, strict=True):
         torch.testing.assert_close(together, single, rtol=0.0, atol=EMBEDDING_ATOL)
     batched_codes = tokenizer.encode(clips, SR, batch_size=4)
@@ -194,8 +195,8 @@ def test_long_audio_in_chunks_matches_one_pass(tokenizer):
     audio = synthetic_audio(12.0, seed=5)
     chunked = WhisperGPTAudioTokenizer(tokenizer.codec, max_seconds_per_pass=0.5)
     with torch.inference_mode():
-        [whole] = tokenizer._clip_embeddings([audio], batch_size=1)
-        [pieces] = chunked._clip_embeddings([audio], batch_size=1)
+        [whole] = tokenizer.embed_clips([audio], batch_size=1)
+        [pieces] = chunked.embed_clips([audio], batch_size=1)
     torch.testing.assert_close(pieces, whole, rtol=0.0, atol=EMBEDDING_ATOL)
     codes = tokenizer.encode(audio, SR)
     torch.testing.assert_close(chunked.decode(codes), tokenizer.decode(codes), rtol=0.0, atol=1e-5)
@@ -296,7 +297,7 @@ def test_calibration_is_reproducible(calibration):
     tokenizer = calibration[0]
     clips = [synthetic_audio(4.0, seed) for seed in range(4)]
     again = build_tokenizer(codebook_size=SMALL_CODEBOOK)
-    again.calibrate(clips, SR)
+    calibrate(again, clips, SR)
     for ours, theirs in zip(tokenizer.codec.quantizer.layers, again.codec.quantizer.layers, strict=True):
         assert torch.equal(ours.codebook.embed, theirs.codebook.embed)
 
@@ -304,9 +305,9 @@ def test_calibration_is_reproducible(calibration):
 def test_calibration_checks_the_amount_of_audio():
     tokenizer = build_tokenizer(codebook_size=SMALL_CODEBOOK)
     with pytest.warns(UserWarning, match="k-means wants at least"):
-        tokenizer.calibrate([synthetic_audio(3.0, seed=9)], SR, num_codebooks=1)
+        calibrate(tokenizer, [synthetic_audio(3.0, seed=9)], SR, num_codebooks=1)
     with pytest.raises(ValueError, match="Pass more audio"):
-        tokenizer.calibrate(synthetic_audio(0.5, seed=9), SR)
+        calibrate(tokenizer, synthetic_audio(0.5, seed=9), SR)
 
 
 def test_save_and_load_keep_codebooks_codes_and_flags(tokenizer, tmp_path):
@@ -387,13 +388,13 @@ def test_repr_and_to(tokenizer):
 
 def test_fresh_codec_encoder_is_initialised_from_data_before_kmeans():
     fresh = build_tokenizer(codebook_size=SMALL_CODEBOOK)
-    stats = fresh.calibrate([synthetic_audio(4.0, seed) for seed in range(3)], SR, iterations=3)
+    stats = calibrate(fresh, [synthetic_audio(4.0, seed) for seed in range(3)], SR, iterations=3)
     # A random encoder's output is mostly its bias offset; after initialisation it varies with the input.
     assert stats["signal_to_offset_before"] < 0.2
     assert stats["signal_to_offset_after"] > 10 * stats["signal_to_offset_before"]
     convolutions = [m.conv for m in fresh.codec.encoder.modules() if hasattr(m, "conv")]
     assert all(not conv.bias.any() for conv in convolutions)
-    again = fresh.calibrate([synthetic_audio(4.0, 7)], SR, iterations=1)  # calibrated now: encoder kept
+    again = calibrate(fresh, [synthetic_audio(4.0, 7)], SR, iterations=1)  # calibrated now: encoder kept
     assert "signal_to_offset_after" not in again
 
 
@@ -401,11 +402,49 @@ def test_silence_codes_are_cached_until_the_codec_changes():
     tokenizer = build_tokenizer(codebook_size=SMALL_CODEBOOK)
     first = tokenizer._silence_codes()
     assert tokenizer._silence_codes() is first  # not re-encoded on every decode
-    tokenizer.calibrate([synthetic_audio(4.0, seed) for seed in range(3)], SR, iterations=2)
+    calibrate(tokenizer, [synthetic_audio(4.0, seed) for seed in range(3)], SR, iterations=2)
     recomputed = tokenizer._silence_codes()
     assert recomputed is not first and not torch.equal(recomputed, first)  # new codebooks, new codes
     tokenizer.bandwidth = 1.5
     assert tokenizer._silence_codes().shape[0] == tokenizer.num_codebooks
+
+
+def test_codebook_setters_write_encodecs_buffers_and_check_their_input(tokenizer):
+    fresh = build_tokenizer(codebook_size=SMALL_CODEBOOK)
+    dim = fresh.codec.config.codebook_dim
+    centroids, counts = torch.randn(SMALL_CODEBOOK, dim), torch.arange(SMALL_CODEBOOK)
+    fresh._silence_codes()
+    fresh.set_codebook(1, centroids, counts)
+    codebook = fresh.codec.quantizer.layers[1].codebook
+    assert torch.equal(codebook.embed, centroids) and torch.equal(codebook.cluster_size, counts.float())
+    torch.testing.assert_close(codebook.embed_avg, centroids * counts[:, None])
+    assert codebook.inited.item() == 1.0 and fresh._silence_cache == {}
+    assert not fresh.calibrated  # codebook 0 is still zero: calibrated is the caller's to set
+    layers = int(fresh.codec.config.num_quantizers)  # 53 six-bit codebooks make 24 kbps
+    with pytest.raises(ValueError, match=f"index must be between 0 and {layers - 1}"):
+        fresh.set_codebook(layers, centroids, counts)
+    with pytest.raises(ValueError, match=r"centroids of shape \(64, 32\) and counts of shape \(64,\)"):
+        fresh.set_codebook(0, centroids[:, :8], counts)
+    again = build_tokenizer(codebook_size=SMALL_CODEBOOK)
+    again.codec.load_state_dict(tokenizer.codec.state_dict())
+    again.calibrated = True
+    again.reset_codebooks()
+    assert not again.calibrated and again._zero_codebooks(layers) == list(range(layers))
+    assert all(layer.codebook.inited.item() == 0.0 for layer in again.codec.quantizer.layers)
+
+
+def test_the_exported_tokenizer_file_holds_no_codec_fitting():
+    """The tokenizer file ships in every saved model folder: fitting stays in whisper_gpt.training."""
+    import ast
+
+    import whisper_gpt.tokenization_whisper_gpt as module
+
+    tree = ast.parse(open(module.__file__, encoding="utf-8").read())
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    assert not any("training" in (name or "") for name in imported), imported
+    defined = {node.name for node in ast.walk(tree) if isinstance(node, ast.FunctionDef)}
+    fitting = {"initialize_encoder", "fit_encoder_to_mel", "calibrate", "fit_mel_exemplars", "_kmeans", "_nearest"}
+    assert not defined & fitting
 
 
 def _code_mel_probe_l1(tokenizer, extractor, train_clips, test_clip) -> float:
@@ -433,11 +472,11 @@ def fitted_pair():
     extractor = WhisperGPTFeatureExtractor(feature_size=16)
     plain, fitted = build_tokenizer(codebook_size=SMALL_CODEBOOK), build_tokenizer(codebook_size=SMALL_CODEBOOK)
     for tokenizer in (plain, fitted):
-        tokenizer.initialize_encoder(clips)
-    stats = fitted.fit_encoder_to_mel(clips, extractor, steps=80, batch_size=4, crop_frames=24, progress=False)
+        initialize_encoder(tokenizer, clips)
+    stats = fit_encoder_to_mel(fitted, clips, extractor, steps=80, batch_size=4, crop_frames=24, progress=False)
     encoder_after_fit = {name: value.clone() for name, value in fitted.codec.encoder.state_dict().items()}
     for tokenizer in (plain, fitted):
-        tokenizer.calibrate(clips, SR, iterations=5, initialize_encoder=None if tokenizer is fitted else False)
+        calibrate(tokenizer, clips, SR, iterations=5, initialize_encoder=None if tokenizer is fitted else False)
     return plain, fitted, stats, encoder_after_fit, extractor, clips
 
 
@@ -484,24 +523,24 @@ def test_fit_encoder_to_mel_rejects_what_it_cannot_fit(fitted_pair):
     trained = build_tokenizer(codebook_size=SMALL_CODEBOOK)
     trained.decoder_trained = True
     with pytest.raises(ValueError, match="would break decoding"):
-        trained.fit_encoder_to_mel(clips, extractor, steps=1, progress=False)
+        fit_encoder_to_mel(trained, clips, extractor, steps=1, progress=False)
     fresh = build_tokenizer(codebook_size=SMALL_CODEBOOK)
     with pytest.raises(ValueError, match="does not match the codec"):
-        fresh.fit_encoder_to_mel(clips, WhisperGPTFeatureExtractor(hop_length=160), steps=1, progress=False)
+        fit_encoder_to_mel(fresh, clips, WhisperGPTFeatureExtractor(hop_length=160), steps=1, progress=False)
     with pytest.raises(ValueError, match="Pass more audio"):
-        fresh.fit_encoder_to_mel([clips[0][: HOP * 20]], extractor, steps=1, progress=False)
+        fit_encoder_to_mel(fresh, [clips[0][: HOP * 20]], extractor, steps=1, progress=False)
     with pytest.raises(ValueError, match="must be positive"):
-        fresh.fit_encoder_to_mel(clips, extractor, steps=0, progress=False)
+        fit_encoder_to_mel(fresh, clips, extractor, steps=0, progress=False)
     with pytest.raises(ValueError, match="causal log-mel targets"):
-        fresh.fit_encoder_to_mel(clips, WhisperGPTFeatureExtractor(framing="centered"), steps=1, progress=False)
+        fit_encoder_to_mel(fresh, clips, WhisperGPTFeatureExtractor(framing="centered"), steps=1, progress=False)
 
 
 def test_fitting_a_calibrated_codec_resets_its_codebooks_and_initialising_clears_the_flag(fitted_pair):
     extractor, clips = fitted_pair[4], fitted_pair[5]
     tokenizer = build_tokenizer(codebook_size=SMALL_CODEBOOK)
-    tokenizer.calibrate(clips, SR, iterations=2)
-    tokenizer.fit_encoder_to_mel(clips, extractor, steps=2, batch_size=2, crop_frames=8, progress=False)
+    calibrate(tokenizer, clips, SR, iterations=2)
+    fit_encoder_to_mel(tokenizer, clips, extractor, steps=2, batch_size=2, crop_frames=8, progress=False)
     # The old codebooks describe the old encoder: they are cleared, so encode() warns instead of misleading.
     assert not tokenizer.calibrated and tokenizer._zero_codebooks(tokenizer.num_codebooks)
-    tokenizer.initialize_encoder(clips)
+    initialize_encoder(tokenizer, clips)
     assert not tokenizer.encoder_fitted_to_mel

@@ -12,6 +12,7 @@ from transformers import pipeline
 
 from whisper_gpt import WhisperGPTFeatureExtractor, WhisperGPTForCausalLM, WhisperGPTProcessor
 from whisper_gpt.tokenization_whisper_gpt import MEL_EXEMPLARS_NAME, WhisperGPTAudioTokenizer
+from whisper_gpt.training.codec_fitting import calibrate, fit_encoder_to_mel, fit_mel_exemplars
 
 SR = 24_000
 
@@ -25,7 +26,7 @@ def clips() -> list[np.ndarray]:
 def exemplar_processor(tiny_processor, clips) -> WhisperGPTProcessor:
     """A copy of the tiny processor (the session's one stays as it is) whose codec has mel exemplars."""
     processor = copy.deepcopy(tiny_processor)
-    stats = processor.audio_tokenizer.fit_mel_exemplars(clips, processor.feature_extractor)
+    stats = fit_mel_exemplars(processor.audio_tokenizer, clips, processor.feature_extractor)
     assert stats["frames"] == sum(-(-len(clip) // 320) for clip in clips) and stats["codes_seen"] > 1
     return processor
 
@@ -55,7 +56,7 @@ def test_each_exemplar_is_the_real_frame_nearest_its_codes_median(exemplar_proce
 def test_codes_never_seen_borrow_the_nearest_seen_codes_exemplar(tiny_processor) -> None:
     tokenizer = copy.deepcopy(tiny_processor.audio_tokenizer)
     short = real_like_audio(0.1, seed=5)  # 8 frames: most of the 64 codes never occur
-    tokenizer.fit_mel_exemplars([short], tiny_processor.feature_extractor)
+    fit_mel_exemplars(tokenizer, [short], tiny_processor.feature_extractor)
     seen = tokenizer.encode_clips([short])[0][0].unique()
     codebook = tokenizer.codec.quantizer.layers[0].codebook.embed
     unseen = [code for code in range(tokenizer.codebook_size) if code not in seen.tolist()]
@@ -73,7 +74,7 @@ def test_exemplars_are_saved_loaded_and_cleared_when_the_codes_change(exemplar_p
     assert loaded.mel_exemplar_geometry == tokenizer.mel_exemplar_geometry
     assert loaded.mel_exemplar_geometry["n_fft"] == 1024 and loaded.mel_exemplar_geometry["framing"] == "causal"
     # New codebooks: the exemplars described the old codes, so they go, and a later save removes the stale file.
-    tokenizer.calibrate(clips, SR, iterations=2)
+    calibrate(tokenizer, clips, SR, iterations=2)
     assert tokenizer.mel_exemplars is None and tokenizer.mel_exemplar_geometry is None
     tokenizer.save_pretrained(tmp_path)
     assert not (tmp_path / MEL_EXEMPLARS_NAME).exists()
@@ -94,14 +95,19 @@ def test_exemplar_errors_say_what_to_do(exemplar_processor, tiny_processor, tmp_
     with pytest.raises(ValueError, match="has no mel exemplars: run fit_mel_exemplars"):
         tiny_processor.audio_tokenizer.mel_exemplar_frames(torch.zeros(1, 1, 2, dtype=torch.long))
     with pytest.raises(ValueError, match="framing='causal'"):
-        copy.deepcopy(tokenizer).fit_mel_exemplars(clips, WhisperGPTFeatureExtractor(framing="centered"))
+        fit_mel_exemplars(copy.deepcopy(tokenizer), clips, WhisperGPTFeatureExtractor(framing="centered"))
     with pytest.raises(ValueError, match="got no audio"):
-        copy.deepcopy(tokenizer).fit_mel_exemplars([], extractor)
+        fit_mel_exemplars(copy.deepcopy(tokenizer), [], extractor)
+    size = (tokenizer.codebook_size, TINY_MEL_BINS)
+    with pytest.raises(ValueError, match=r"have shape \(3, 16\); this codec and feature extractor need \(64, 16\)"):
+        copy.deepcopy(tokenizer).set_mel_exemplars(torch.zeros(3, TINY_MEL_BINS), extractor)
+    with pytest.raises(ValueError, match="must be a float tensor"):
+        copy.deepcopy(tokenizer).set_mel_exemplars(torch.zeros(size, dtype=torch.long), extractor)
     fresh = copy.deepcopy(tokenizer)
-    fresh.fit_encoder_to_mel(clips, extractor, steps=1, batch_size=1, crop_frames=8, progress=False)
+    fit_encoder_to_mel(fresh, clips, extractor, steps=1, batch_size=1, crop_frames=8, progress=False)
     assert fresh.mel_exemplars is None  # the codes changed
     with pytest.raises(ValueError, match="run calibrate"):
-        fresh.fit_mel_exemplars(clips, extractor)
+        fit_mel_exemplars(fresh, clips, extractor)
     # A file of another codec's or mel geometry's size is refused on load, and so is a missing one.
     copy.deepcopy(tokenizer).save_pretrained(tmp_path)
     for shape in ((3, TINY_MEL_BINS), (tokenizer.codebook_size, TINY_MEL_BINS + 1), (tokenizer.codebook_size,)):
@@ -119,7 +125,14 @@ def test_generation_feeds_back_and_returns_the_exemplar_of_each_new_code(exempla
     model = WhisperGPTForCausalLM(tiny_config(num_codebooks=num_codebooks)).eval()
     tokenizer = exemplar_processor.audio_tokenizer
     batch = exemplar_processor(audio=[real_like_audio(0.2), real_like_audio(0.1, seed=1)], sampling_rate=SR)
-    kwargs = dict(audio_tokenizer=tokenizer, mel_source="exemplar", max_new_tokens=12, return_dict_in_generate=True)
+    # Greedy (the shipped generation config samples): the cached and recomputed runs must pick the same codes.
+    kwargs = dict(
+        audio_tokenizer=tokenizer,
+        mel_source="exemplar",
+        max_new_tokens=12,
+        do_sample=False,
+        return_dict_in_generate=True,
+    )
     cached = model.generate(**batch, **kwargs)
     recomputed = model.generate(**batch, use_cache=False, **kwargs)
     torch.testing.assert_close(cached.sequences, recomputed.sequences, atol=0, rtol=0)
@@ -162,10 +175,9 @@ def test_a_token_only_model_gets_exemplar_frames_to_render_even_without_prompt_f
     model = WhisperGPTForCausalLM(tiny_config(use_spectrogram=False)).eval()
     tokenizer = exemplar_processor.audio_tokenizer
     batch = exemplar_processor(audio=real_like_audio(0.2), sampling_rate=SR)
-    with_features = model.generate(**batch, audio_tokenizer=tokenizer, max_new_tokens=6, return_dict_in_generate=True)
-    codes_only = model.generate(
-        input_ids=batch.input_ids, audio_tokenizer=tokenizer, max_new_tokens=6, return_dict_in_generate=True
-    )
+    greedy = dict(audio_tokenizer=tokenizer, max_new_tokens=6, do_sample=False, return_dict_in_generate=True)
+    with_features = model.generate(**batch, **greedy)
+    codes_only = model.generate(input_ids=batch.input_ids, **greedy)
     # It reads no mel frames: the same codes either way; the frames are the prompt's own or its codes' exemplars.
     torch.testing.assert_close(with_features.sequences, codes_only.sequences, atol=0, rtol=0)
     torch.testing.assert_close(codes_only.input_features, tokenizer.mel_exemplar_frames(codes_only.sequences))

@@ -21,13 +21,10 @@ Two details of ``EncodecModel`` break that property if it is called directly, an
 
 from __future__ import annotations
 
-import itertools
 import json
 import math
 import os
-import time
-import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -52,14 +49,8 @@ MEL_EXEMPLARS_NAME = "mel_exemplars.npy"
 MEL_GEOMETRY_KEYS = ("sampling_rate", "hop_length", "n_fft", "feature_size", "f_min", "f_max", "framing")
 DEFAULT_CODEC = "facebook/encodec_24khz"
 DEFAULT_BANDWIDTH = 6.0
-# k-means needs many frames per code; below this many per code `calibrate` warns.
-MIN_FRAMES_PER_CODE = 10
 # Rows of the (frames, codes) distance matrix computed at once: bounds memory at 64 MiB for 1024 codes.
 _DISTANCE_ROWS = 16_384
-# k-means stops once fewer than this fraction of the frames change code in an iteration.
-_KMEANS_SETTLED = 1e-3
-# Clips encoded together while collecting calibration frames.
-_CALIBRATION_BATCH = 8
 # Up to this many input frames a transposed convolution runs as matmul + overlap-add (see _conv_transpose1d).
 _FOLD_MAX_FRAMES = 8
 # Arguments of `EncodecModel.from_pretrained` that also locate `audio_tokenizer_config.json`.
@@ -79,11 +70,11 @@ def small_encodec_config(**overrides: Any) -> EncodecConfig:
 
     Same sampling rate, hop (320 = 8 * 5 * 4 * 2), kernels, bandwidths (8 codebooks at 6 kbps, 32 at 24 kbps),
     codebook size (1024), causal convolutions and weight normalisation as ``facebook/encodec_24khz``, but with
-    narrow layers (8 filters, 32-dim embeddings, one LSTM layer), so a model builds and runs in milliseconds.
-    Its weights are random: fit its encoder with `WhisperGPTAudioTokenizer.fit_encoder_to_mel` (optional, makes
-    the codes describe the spectrum) and calibrate its codebooks with `WhisperGPTAudioTokenizer.calibrate`, or
-    let `whisper_gpt.training.data.build_processor` do both; its decoder never makes listenable audio. Keyword arguments
-    override any `EncodecConfig` field.
+    narrow layers (8 filters, 32-dim embeddings, one LSTM layer), so it is cheap to build and run on a CPU.
+    Its weights are random: fit its encoder with ``whisper_gpt.training.codec_fitting.fit_encoder_to_mel``
+    (optional, makes the codes describe the spectrum) and calibrate its codebooks with
+    ``whisper_gpt.training.codec_fitting.calibrate``, or let ``whisper_gpt.training.data.build_processor`` do both;
+    its decoder never makes listenable audio. Keyword arguments override any `EncodecConfig` field.
     """
     params: dict[str, Any] = {
         "sampling_rate": 24_000,
@@ -138,68 +129,6 @@ def _run_in_chunks(
     return torch.cat(pieces, dim=-1)
 
 
-def _nearest(points: torch.Tensor, centroids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Index of, and squared distance to, the nearest centroid for (N, D) points and (K, D) centroids."""
-    centroid_norms = centroids.pow(2).sum(dim=1)
-    indices, distances = [], []
-    for chunk in points.split(_DISTANCE_ROWS):
-        # ||x - c||^2 = ||x||^2 - 2 x.c + ||c||^2; ||x||^2 does not change the argmin, so add it afterwards.
-        best, index = torch.addmm(centroid_norms, chunk, centroids.T, alpha=-2.0).min(dim=1)
-        indices.append(index)
-        distances.append((best + chunk.pow(2).sum(dim=1)).clamp(min=0.0))
-    return torch.cat(indices), torch.cat(distances)
-
-
-def _kmeans(
-    points: torch.Tensor, num_codes: int, iterations: int, generator: torch.Generator
-) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Lloyd's k-means on (N, D) points.
-
-    Returns (num_codes, D) centroids, the (N,) assignment to them, and the iterations run: it stops early once
-    fewer than ``_KMEANS_SETTLED`` of the points change code in an iteration.
-    """
-    start = torch.randperm(points.shape[0], generator=generator)[:num_codes].to(points.device)
-    centroids = points[start].clone()
-    assignment, distance = _nearest(points, centroids)
-    for iteration in range(1, iterations + 1):
-        counts = torch.bincount(assignment, minlength=num_codes)
-        sums = torch.zeros_like(centroids).index_add_(0, assignment, points)
-        empty = counts == 0
-        centroids = torch.where(empty[:, None], centroids, sums / counts.clamp(min=1)[:, None])
-        if empty.any():
-            # Move unused codes onto the points worst served by their centroid: this splits the loosest
-            # clusters, and copies of one point (e.g. digital silence) cannot keep codes idle forever.
-            worst = distance.topk(int(empty.sum())).indices
-            centroids[empty] = points[worst]
-        previous = assignment
-        assignment, distance = _nearest(points, centroids)
-        if int((assignment != previous).sum()) < _KMEANS_SETTLED * points.shape[0]:
-            return centroids, assignment, iteration
-    return centroids, assignment, iterations
-
-
-def _entropy_bits(counts: torch.Tensor) -> float:
-    probabilities = counts[counts > 0].double() / counts.sum()
-    return float(-(probabilities * probabilities.log2()).sum())
-
-
-def _reservoir_add(reservoir: np.ndarray, seen: int, frames: np.ndarray, rng: np.random.Generator) -> int:
-    """Reservoir-sample (N, D) ``frames`` into ``reservoir`` (M, D); returns the number of frames seen so far.
-
-    Keeps a uniform sample of everything seen, however long and however ordered the audio is (e.g. all
-    speech before all music).
-    """
-    capacity = reservoir.shape[0]
-    fill = min(max(capacity - seen, 0), frames.shape[0])
-    reservoir[seen : seen + fill] = frames[:fill]
-    rest = frames[fill:]
-    if rest.shape[0]:
-        slots = rng.integers(0, np.arange(seen + fill, seen + frames.shape[0]) + 1)
-        kept = slots < capacity
-        reservoir[slots[kept]] = rest[kept]
-    return seen + frames.shape[0]
-
-
 class WhisperGPTAudioTokenizer:
     r"""Turns audio into EnCodec codes (B, K, T) and codes back into audio, causally.
 
@@ -215,15 +144,19 @@ class WhisperGPTAudioTokenizer:
             all codebooks being non-zero, as in a trained EnCodec. That guess cannot tell a fully calibrated
             local codec (random decoder) from a trained one: pass it explicitly for codecs you build.
         max_seconds_per_pass (`float`, defaults to 60.0): audio (summed over the batch) that one pass of the
-            codec's convolutions sees; bounds memory for long audio and big batches. Measured with the 24 kHz
-            codec on 3 minutes of audio: 0.9 GB peak at 60 s per pass, 2.4 GB in one pass (it grows by about
-            0.8 GB per minute).
+            codec's convolutions sees; bounds memory for long audio and big batches (peak memory grows with it).
         encoder_fitted_to_mel (`bool`, defaults to False): whether the encoder was trained locally by
-            `fit_encoder_to_mel` (its codes are then spectral prototypes; the decoder is still untrained).
+            ``whisper_gpt.training.codec_fitting.fit_encoder_to_mel`` (its codes are then spectral prototypes; the
+            decoder is still untrained).
 
-    ``mel_exemplars`` ((codebook_size, M) float32 or None): one real causal log-mel frame per codebook-0 code, made
-    by `fit_mel_exemplars` and saved with the codec; ``mel_exemplar_geometry`` holds the feature-extractor settings
-    they were computed with. Changing the codes (`initialize_encoder`, `fit_encoder_to_mel`, `calibrate`) clears them.
+    ``mel_exemplars`` ((codebook_size, M) float32 or None): one real causal log-mel frame per codebook-0 code,
+    installed by `set_mel_exemplars` (``whisper_gpt.training.codec_fitting.fit_mel_exemplars`` computes them) and
+    saved with the codec; ``mel_exemplar_geometry`` holds the feature-extractor settings they were computed with.
+    Changing the codes (`set_codebook`, `reset_codebooks`, `codes_changed`) clears them.
+
+    Fitting a locally built codec to audio (encoder initialisation and fit, k-means codebooks, mel exemplars) is
+    training-time code in ``whisper_gpt.training.codec_fitting``; this class only holds the setters it writes
+    through.
 
     Memory and exactness on long audio: the convolutions before the encoder's LSTM and after the decoder's
     LSTM run over chunks of at most ``max_seconds_per_pass`` with generous left context, which is exact
@@ -324,7 +257,7 @@ class WhisperGPTAudioTokenizer:
 
         With reflect padding, output ``i`` of a convolution whose effective kernel is ``k`` reads up to
         ``k - 1 - i`` positions ahead. The frame-rate convolutions dominate (the 24 kHz codec's frame 0
-        reads 6 frames ahead, measured), so twice the largest kernel keeps all look-ahead inside the silence.
+        reads 6 frames ahead), so twice the largest kernel keeps all look-ahead inside the silence.
         """
         config = self.codec.config
         return 2 * max(config.kernel_size, config.last_kernel_size)
@@ -346,11 +279,73 @@ class WhisperGPTAudioTokenizer:
             self.mel_exemplars = self.mel_exemplars.to(device)
         return self
 
-    def _codes_changed(self) -> None:
-        """The encoder or the codebooks changed: what was derived from the old codes no longer holds."""
+    def codes_changed(self) -> None:
+        """Forget what was derived from the current codes: the cached silence codes and the mel exemplars.
+
+        Call it whenever the encoder's weights change in place (the codes of any audio change with them);
+        `set_codebook` and `reset_codebooks` call it themselves.
+        """
         self._silence_cache = {}
         self.mel_exemplars = None
         self.mel_exemplar_geometry = None
+
+    @torch.no_grad()
+    def set_codebook(self, index: int, centroids: torch.Tensor, counts: torch.Tensor) -> None:
+        """Install codebook ``index`` of the residual quantizer and forget what the old codes gave (`codes_changed`).
+
+        Args:
+            index: the quantizer layer, 0 to ``codec.config.num_quantizers - 1``.
+            centroids: (codebook_size, codebook_dim) float code vectors.
+            counts: (codebook_size,) number of frames each code stands for.
+        The buffers are written as EnCodec's EMA keeps them: ``embed`` = centroids, ``cluster_size`` = counts,
+        ``embed_avg`` = centroids * counts, ``inited`` = 1. ``calibrated`` is left alone: set it once every codebook
+        used at the bandwidth is installed.
+        """
+        num_quantizers = int(self.codec.config.num_quantizers)
+        if not 0 <= index < num_quantizers:
+            raise ValueError(f"index must be between 0 and {num_quantizers - 1}, got {index}.")
+        codebook = self.codec.quantizer.layers[index].codebook
+        if tuple(centroids.shape) != tuple(codebook.embed.shape) or tuple(counts.shape) != (self.codebook_size,):
+            raise ValueError(
+                f"set_codebook needs centroids of shape {tuple(codebook.embed.shape)} and counts of shape "
+                f"({self.codebook_size},), got {tuple(centroids.shape)} and {tuple(counts.shape)}."
+            )
+        self.codes_changed()
+        codebook.embed.copy_(centroids)
+        codebook.cluster_size.copy_(counts)
+        codebook.embed_avg.copy_(centroids * counts[:, None])
+        codebook.inited.fill_(1.0)
+
+    @torch.no_grad()
+    def reset_codebooks(self) -> None:
+        """Zero every codebook's buffers (``inited`` too), as in a freshly built EnCodec, and set ``calibrated`` to
+        False: after the encoder changed, the old codebooks no longer fit it. `encode` warns until they are installed
+        again (`set_codebook`)."""
+        self.codes_changed()
+        for layer in self.codec.quantizer.layers:
+            for buffer in (layer.codebook.embed, layer.codebook.embed_avg, layer.codebook.cluster_size):
+                buffer.zero_()
+            layer.codebook.inited.fill_(0.0)
+        self.calibrated = False
+
+    def set_mel_exemplars(self, exemplars: torch.Tensor, feature_extractor: Any) -> None:
+        """Install the mel exemplars: (codebook_size, M) float ``exemplars``, row ``c`` the log-mel frame that
+        codebook-0 code ``c`` stands for, M = ``feature_extractor.feature_size``.
+
+        Records ``feature_extractor``'s mel settings (``MEL_GEOMETRY_KEYS``), so `check_mel_exemplars` refuses an
+        extractor of another geometry; `save_pretrained` writes both.
+        """
+        expected = (self.codebook_size, feature_extractor.feature_size)
+        if not isinstance(exemplars, torch.Tensor) or not exemplars.is_floating_point():
+            got = exemplars.dtype if isinstance(exemplars, torch.Tensor) else type(exemplars).__name__
+            raise ValueError(f"mel exemplars must be a float tensor of shape {expected}, got {got}.")
+        if tuple(exemplars.shape) != expected:
+            raise ValueError(
+                f"mel exemplars have shape {tuple(exemplars.shape)}; this codec and feature extractor need {expected} "
+                "(one frame of feature_size bins per codebook-0 code)."
+            )
+        self.mel_exemplars = exemplars.to(torch.float32)
+        self.mel_exemplar_geometry = {key: getattr(feature_extractor, key) for key in MEL_GEOMETRY_KEYS}
 
     def __repr__(self) -> str:
         return (
@@ -403,14 +398,16 @@ class WhisperGPTAudioTokenizer:
             if exemplars_file is None:
                 raise ValueError(
                     f"{CONFIG_NAME} in {hub_id_or_dir} records mel exemplars but {MEL_EXEMPLARS_NAME} is missing; "
-                    "save the codec again (save_pretrained writes both) or run fit_mel_exemplars."
+                    "save the codec again (save_pretrained writes both) or fit them again (fit_mel_exemplars in "
+                    "whisper_gpt.training.codec_fitting)."
                 )
             exemplars = np.load(exemplars_file, allow_pickle=False)
             expected = (tokenizer.codebook_size, geometry["feature_size"])
             if exemplars.shape != expected:
                 raise ValueError(
                     f"{MEL_EXEMPLARS_NAME} has shape {exemplars.shape}, but this codec and its recorded mel settings "
-                    f"need {expected} (one frame per code); it was saved with another codec. Run fit_mel_exemplars."
+                    f"need {expected} (one frame per code); it was saved with another codec. Fit them again "
+                    "(fit_mel_exemplars in whisper_gpt.training.codec_fitting)."
                 )
             tokenizer.mel_exemplars = torch.from_numpy(exemplars.astype(np.float32))
             tokenizer.mel_exemplar_geometry = geometry
@@ -418,8 +415,8 @@ class WhisperGPTAudioTokenizer:
 
     def save_pretrained(self, save_directory: str | os.PathLike) -> None:
         """Write the codec (``config.json`` + ``model.safetensors``, codebook buffers included),
-        ``audio_tokenizer_config.json`` (bandwidth, the three flags, the exemplars' mel settings) and, after
-        `fit_mel_exemplars`, ``mel_exemplars.npy`` to ``save_directory``."""
+        ``audio_tokenizer_config.json`` (bandwidth, the three flags, the exemplars' mel settings) and, when there
+        are mel exemplars (`set_mel_exemplars`), ``mel_exemplars.npy`` to ``save_directory``."""
         os.makedirs(save_directory, exist_ok=True)
         self.codec.save_pretrained(save_directory)
         settings = {
@@ -467,26 +464,33 @@ class WhisperGPTAudioTokenizer:
         ``batch_size`` > 1 runs up to that many clips (longest first, at most ``max_seconds_per_pass`` of
         padded audio) through the codec together, zero-padded on the right. Causality makes this exact in
         exact arithmetic, but not bit for bit: the convolution kernels round differently for other batch
-        shapes (~5e-8 on the 24 kHz codec's embeddings), which flips near-tied codes (1-3% of them with the
-        small random codec of the tests, whose embeddings barely vary). The default, one clip at a time, gives
-        every clip the same codes whatever it is batched with.
+        shapes, which flips near-tied codes (more of them for a codec whose embeddings barely vary, such as a
+        small random one). The default, one clip at a time, gives every clip the same codes whatever it is
+        batched with.
         """
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
         zero = self._zero_codebooks(self.num_codebooks)
         if zero:
             logger.warning_once(
-                f"Codebooks {zero} of the codec are all zero, so their codes are always 0. Call calibrate() "
-                "with some audio first, or load a trained codec such as facebook/encodec_24khz."
+                f"Codebooks {zero} of the codec are all zero, so their codes are always 0. Calibrate them with "
+                "some audio first (calibrate in whisper_gpt.training.codec_fitting), or load a trained codec such "
+                "as facebook/encodec_24khz."
             )
         codes = []
         with torch.inference_mode():
-            for embeddings in self._clip_embeddings(clips, batch_size):
+            for embeddings in self.embed_clips(clips, batch_size):
                 codes.append(self._quantize(embeddings).cpu())
         return codes
 
-    def _clip_embeddings(self, clips: Sequence[np.ndarray], batch_size: int) -> Iterator[torch.Tensor]:
-        """Yield each clip's encoder output (D, ceil(N_i / hop)), in the order of ``clips``."""
+    def embed_clips(self, clips: Sequence[np.ndarray], batch_size: int) -> Iterator[torch.Tensor]:
+        """Yield each clip's encoder output (D, ceil(N_i / hop)), before quantization, in the order of ``clips``.
+
+        ``clips`` and ``batch_size`` are as for `encode_clips` (float32 mono at `sampling_rate`; batching changes float
+        rounding only). Runs under the caller's autograd mode.
+        """
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
         lengths = [self._check_clip(clip, index) for index, clip in enumerate(clips)]
         order = list(range(len(clips)))
         if batch_size > 1:
@@ -593,8 +597,8 @@ class WhisperGPTAudioTokenizer:
     def _silence_codes(self) -> torch.Tensor:
         """(num_codebooks, silence_frames) codes of the silence `encode` puts in front of every clip.
 
-        Cached per bandwidth and device: re-encoding it was ~40% of each generated frame's cost with the codec
-        in the loop. `calibrate`, `initialize_encoder`, `to` and the bandwidth setter clear the cache.
+        Cached per bandwidth and device, so decoding a few frames at a time does not re-encode it each time.
+        `codes_changed` (so `set_codebook` and `reset_codebooks`), `to` and the bandwidth setter clear the cache.
         """
         key = (self._bandwidth, str(self.device))
         if key not in self._silence_cache:
@@ -639,338 +643,14 @@ class WhisperGPTAudioTokenizer:
         audio = _run_in_chunks(layers[self._decoder_lstm + 1 :], hidden, 1, self.hop_length, chunk, self.silence_frames)
         return audio[:, 0]
 
-    @torch.no_grad()
-    def initialize_encoder(self, clips: Sequence[np.ndarray], max_seconds: float = 30.0) -> dict[str, float]:
-        """Data-driven (LSUV-style) initialisation of a freshly built codec's encoder.
-
-        A random EnCodec encoder's output is dominated by its biases: the part that varies with the input was
-        ~30x smaller than the constant offset here, so k-means codes carried little information. This zeroes
-        every encoder convolution's bias and, layer by layer in forward order, rescales the convolution's
-        weight (its weight-norm gain) so its output has unit standard deviation on the given audio.
-
-        Args:
-            clips: float32 mono clips at the codec's rate (`normalize_audio_batch` output).
-            max_seconds: audio used (the start of the clips, concatenated).
-        Returns:
-            ``{"signal_to_offset_before", "signal_to_offset_after"}``: the encoder output's standard deviation
-            over time divided by the magnitude of its mean, averaged over channels.
-        """
-        self._codes_changed()
-        self.encoder_fitted_to_mel = False  # rescaling undoes a fit
-        audio = np.concatenate(list(clips))[: int(max_seconds * self.sampling_rate)]
-        inputs = torch.from_numpy(audio)[None, None].to(self.device, self.codec.dtype)
-        before = _signal_to_offset(self.codec.encoder(inputs))
-        convolutions = [module.conv for module in self.codec.encoder.modules() if hasattr(module, "conv")]
-        for conv in convolutions:
-            if conv.bias is not None:
-                conv.bias.zero_()
-        for conv in convolutions:
-            captured: list[torch.Tensor] = []
-            hook = conv.register_forward_hook(lambda _module, _inputs, output, store=captured: store.append(output))
-            self.codec.encoder(inputs)
-            hook.remove()
-            std = float(captured[0].std())
-            if std > 0:
-                _scale_weight(conv, 1.0 / std)
-        return {
-            "signal_to_offset_before": before,
-            "signal_to_offset_after": _signal_to_offset(self.codec.encoder(inputs)),
-        }
-
-    def fit_encoder_to_mel(
-        self,
-        clips: Sequence[np.ndarray],
-        feature_extractor: Any,
-        steps: int = 400,
-        batch_size: int = 16,
-        crop_frames: int = 75,
-        learning_rate: float = 2e-3,
-        max_seconds: float = 600.0,
-        seed: int = 0,
-        progress: bool = True,
-    ) -> dict[str, float]:
-        """Train a locally built codec's encoder so each frame's embedding predicts that frame's causal log-mel.
-
-        A randomly initialised encoder reads the waveform's phase, not its spectrum: k-means of its output gives
-        codes that jump between frames of a steady vowel and say little about the sound. Here the encoder and a
-        linear read-out (thrown away afterwards) learn to predict ``feature_extractor.causal_log_mel`` of every
-        frame (L1 loss, Adam), on random crops of the clips joined end to end. Afterwards k-means codes are
-        spectral prototypes: on 300 s of the demo's speech corpus, 400 steps (about 3 minutes with 2 threads)
-        took consecutive frames sharing a codebook-0 code from 1.6% to 53.5% and a per-code mel probe's L1
-        from 0.415 to 0.364 on held-out speech (``scripts/codec_init_effect.py``). Frame ``t``'s embedding
-        still only sees samples before ``(t + 1) * hop``: the encoder stays causal, and so does the target
-        (a causal feature extractor is required). The decoder is untouched (and untrained). The codebooks no
-        longer fit the encoder, so they are reset to zero (`encode` warns) until `calibrate` runs again.
-
-        Args:
-            clips: float32 mono clips at the codec's rate (`normalize_audio_batch` output).
-            feature_extractor: the `WhisperGPTFeatureExtractor` whose frames the codes should describe.
-            steps, batch_size, learning_rate: optimisation; ``crop_frames`` frames per crop, each behind 8
-                frames of audio that warm the encoder up and are not scored.
-            max_seconds: audio used (the start of the clips, joined).
-            seed: makes the read-out's initialisation and the crops reproducible.
-        Returns:
-            ``{"mel_l1_first", "mel_l1_last"}`` (mean training loss over the first and last 10% of the steps)
-            and ``"seconds"``.
-        """
-        from tqdm.auto import tqdm
-
-        if self.decoder_trained:
-            raise ValueError(
-                "This codec's decoder was trained together with its encoder; changing the encoder would break "
-                "decoding. fit_encoder_to_mel is only for locally built codecs (decoder_trained=False)."
-            )
-        self._check_frames_match_codes(feature_extractor, "fit_encoder_to_mel")
-        if steps < 1 or batch_size < 1 or crop_frames < 1:
-            raise ValueError(
-                f"steps, batch_size and crop_frames must be positive, got {steps}, {batch_size} and {crop_frames}."
-            )
-        warmup = 8
-        audio = np.concatenate(list(clips))[: int(max_seconds * self.sampling_rate)]
-        frames = len(audio) // self.hop_length
-        if frames < warmup + crop_frames:
-            raise ValueError(
-                f"fit_encoder_to_mel got {len(audio) / self.sampling_rate:.2f} s of audio; it needs at least "
-                f"{(warmup + crop_frames) * self.hop_length / self.sampling_rate:.2f} s (one crop). Pass more audio."
-            )
-        started = time.perf_counter()
-        waveform = torch.from_numpy(audio[: frames * self.hop_length]).to(self.device, self.codec.dtype)
-        with torch.inference_mode():
-            target = feature_extractor.causal_log_mel(waveform[None].float())[0].to(self.device)  # (frames, M)
-        generator = torch.Generator().manual_seed(seed)
-        readout = torch.nn.Linear(self.codec.config.hidden_size, target.shape[1]).to(self.device)
-        with torch.no_grad():
-            readout.weight.copy_(torch.randn(readout.weight.shape, generator=generator) * 0.01)
-            readout.bias.copy_(target.mean(0))
-        encoder = self.codec.encoder
-        self._codes_changed()  # from here on the codes change, even if the fit stops part way
-        optimizer = torch.optim.Adam([*encoder.parameters(), *readout.parameters()], lr=learning_rate)
-        span = warmup + crop_frames
-        losses = []
-        for _ in tqdm(range(steps), desc="fitting the codec encoder to log-mel", unit="step", disable=not progress):
-            starts = torch.randint(0, frames - span + 1, (batch_size,), generator=generator).tolist()
-            inputs = torch.stack([waveform[s * self.hop_length : (s + span) * self.hop_length] for s in starts])
-            wanted = torch.stack([target[s + warmup : s + span] for s in starts])  # (B, crop, M)
-            embeddings = encoder(inputs[:, None])[..., warmup:]  # (B, D, crop)
-            loss = (readout(embeddings.transpose(1, 2)) - wanted).abs().mean()
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            losses.append(loss.item())
-        optimizer.zero_grad(set_to_none=True)
-        with torch.no_grad():
-            for layer in self.codec.quantizer.layers:
-                for buffer in (layer.codebook.embed, layer.codebook.embed_avg, layer.codebook.cluster_size):
-                    buffer.zero_()
-                layer.codebook.inited.fill_(0.0)
-        self.calibrated = False
-        self.encoder_fitted_to_mel = True
-        tail = max(1, steps // 10)
-        return {
-            "mel_l1_first": float(np.mean(losses[:tail])),
-            "mel_l1_last": float(np.mean(losses[-tail:])),
-            "seconds": time.perf_counter() - started,
-        }
-
-    def calibrate(
-        self,
-        audio_iterable: Iterable[Any],
-        sampling_rate: int | None,
-        max_frames: int = 100_000,
-        iterations: int = 20,
-        seed: int = 0,
-        num_codebooks: int | None = None,
-        initialize_encoder: bool | None = None,
-    ) -> dict[str, Any]:
-        """Initialise the RVQ codebooks by k-means on the codec's own encoder output.
-
-        A freshly built EnCodec has all-zero codebooks (every code is 0). This runs the encoder over the
-        audio, keeps a uniform random sample of at most ``max_frames`` embedding frames, then for each
-        quantizer layer in turn runs k-means on the residual the previous layers leave and writes the
-        centroids into that layer's buffers (``embed``; ``embed_avg`` = centroid * count and ``cluster_size``
-        = count, as EnCodec's EMA keeps them; ``inited``). Cost: about 0.4 s per k-means iteration per
-        codebook for 100k frames of the 24 kHz codec's 128-dim embeddings on two CPU cores.
-
-        Args:
-            audio_iterable: clips, or lists of clips (anything `normalize_audio_batch` accepts per item); a
-                single array counts as one clip.
-            sampling_rate: rate of the audio in Hz.
-            max_frames: frames (75 per second of audio) k-means runs on.
-            iterations: most k-means iterations per codebook; it stops earlier once fewer than 0.1% of the
-                frames change code.
-            seed: makes the frame sample and the k-means start reproducible.
-            initialize_encoder: run `initialize_encoder` on the first item of the audio (up to 30 s) first.
-                ``None``: only for a freshly built codec (not calibrated, decoder not trained, encoder not fitted
-                by `fit_encoder_to_mel`); never for a pretrained one, whose encoder must stay as it was trained.
-            num_codebooks: how many codebooks (from the first) to calibrate. ``None``: those used at this
-                tokenizer's bandwidth (8 at 6 kbps); ``codec.config.num_quantizers`` for all of them, so any
-                bandwidth works later. `encode` warns when it uses a codebook that is still all zero.
-        Returns:
-            ``{"frames": frames used, "frames_seen": frames encoded, "seconds": wall time, per calibrated
-            codebook: "entropy_bits" (usage entropy of its codes on the sample), "codes_used", "iterations",
-            "residual_energy" (mean squared residual after it / variance of the embeddings)}``.
-        Raises `ValueError` when there are fewer frames than codes; warns below ``MIN_FRAMES_PER_CODE`` frames
-        per code.
-        """
-        from tqdm.auto import tqdm
-
-        num_quantizers = int(self.codec.config.num_quantizers)
-        num_codebooks = self.num_codebooks if num_codebooks is None else num_codebooks
-        if not 1 <= num_codebooks <= num_quantizers:
-            raise ValueError(f"num_codebooks must be between 1 and {num_quantizers}, got {num_codebooks}.")
-        if max_frames < self.codebook_size:
-            raise ValueError(f"max_frames ({max_frames}) must be at least codebook_size ({self.codebook_size}).")
-        if iterations < 1:
-            raise ValueError(f"iterations must be at least 1, got {iterations}.")
-        if isinstance(audio_iterable, (np.ndarray, torch.Tensor)):
-            audio_iterable = [audio_iterable]
-        started = time.perf_counter()
-        rng = np.random.default_rng(seed)
-        reservoir = np.empty((max_frames, self.codec.config.codebook_dim), dtype=np.float32)
-        seen = 0
-        if initialize_encoder is None:
-            initialize_encoder = not (self.calibrated or self.decoder_trained or self.encoder_fitted_to_mel)
-        items = (normalize_audio_batch(item, sampling_rate, self.sampling_rate) for item in audio_iterable)
-        encoder_stats: dict[str, float] = {}
-        if initialize_encoder:
-            first = next(items, None)
-            if first is None:
-                raise ValueError("calibrate got no audio.")
-            encoder_stats = self.initialize_encoder(first)
-            items = itertools.chain([first], items)
-        with torch.inference_mode():
-            for clips in items:
-                # Batched: codes are not computed here, so rounding differences do not matter.
-                for embeddings in self._clip_embeddings(clips, _CALIBRATION_BATCH):
-                    seen = _reservoir_add(reservoir, seen, embeddings.T.float().cpu().numpy(), rng)
-        used = min(seen, max_frames)
-        wanted = MIN_FRAMES_PER_CODE * self.codebook_size
-        frame_rate = self.sampling_rate / self.hop_length
-        if used < self.codebook_size:
-            raise ValueError(
-                f"calibrate got {used} frames for {self.codebook_size} codes per codebook; k-means needs at "
-                f"least {wanted} ({wanted / frame_rate:.0f} s of audio). Pass more audio."
-            )
-        if used < wanted:
-            warnings.warn(
-                f"calibrate got only {used} frames for {self.codebook_size} codes per codebook; k-means "
-                f"wants at least {MIN_FRAMES_PER_CODE}x as many frames as codes ({wanted / frame_rate:.0f} s "
-                "of audio). Pass more audio for codes that generalise.",
-                UserWarning,
-                stacklevel=2,
-            )
-        generator = torch.Generator().manual_seed(seed)
-        residual = torch.from_numpy(reservoir[:used]).to(self.device)
-        # Relative to the embeddings' variance: their mean alone would make any codebook look good.
-        variance = max(float(residual.var(dim=0, unbiased=False).mean()), torch.finfo(torch.float32).tiny)
-        stats: dict[str, Any] = {"frames": used, "frames_seen": seen, **encoder_stats}
-        per_codebook: dict[str, list] = {
-            "entropy_bits": [],
-            "codes_used": [],
-            "iterations": [],
-            "residual_energy": [],
-        }
-        layers = self.codec.quantizer.layers[:num_codebooks]
-        self._codes_changed()  # from here on the codebooks change, even if k-means stops part way
-        for layer in tqdm(layers, desc="k-means per codebook", unit="codebook"):
-            with torch.inference_mode():
-                centroids, assignment, iterations_run = _kmeans(residual, self.codebook_size, iterations, generator)
-                counts = torch.bincount(assignment, minlength=self.codebook_size)
-                residual = residual - centroids[assignment]
-            codebook = layer.codebook
-            with torch.no_grad():
-                codebook.embed.copy_(centroids)
-                codebook.cluster_size.copy_(counts)
-                codebook.embed_avg.copy_(centroids * counts[:, None])
-                codebook.inited.fill_(1.0)
-            per_codebook["entropy_bits"].append(_entropy_bits(counts))
-            per_codebook["codes_used"].append(int((counts > 0).sum()))
-            per_codebook["iterations"].append(iterations_run)
-            per_codebook["residual_energy"].append(float(residual.pow(2).mean()) / variance)
-        self.calibrated = True
-        stats.update(per_codebook)
-        stats["seconds"] = time.perf_counter() - started
-        return stats
-
-    def fit_mel_exemplars(
-        self, clips: Sequence[np.ndarray], feature_extractor: Any, max_seconds: float = 600.0
-    ) -> dict[str, Any]:
-        """Keep, for each codebook-0 code, one real causal log-mel frame that the code stood for.
-
-        A local codec's decoder is untrained, so a generated code cannot be heard through it. The mean of the
-        frames a code stood for (what a regression such as the mel head learns) blurs the harmonics of different
-        pitches into a smooth spectrum, and Griffin-Lim renders that as noise with the right envelope. A real
-        frame keeps them. Each code's exemplar is its member frame closest (L1) to the members' per-bin median: a
-        typical frame of the code, not an outlier. Codes that never occur in ``clips`` borrow the exemplar of the
-        nearest occurring code (distance between codebook vectors). ``generate(mel_source="exemplar")`` feeds
-        these frames to the model and renders them; each depends only on its own frame's code, so it is causal.
-
-        Args:
-            clips: float32 mono clips at the codec's rate (`normalize_audio_batch` output).
-            feature_extractor: the `WhisperGPTFeatureExtractor` whose frames the model reads (causal framing).
-            max_seconds: audio used (the start of the clips).
-        Returns:
-            ``{"frames", "codes_seen", "seconds"}``.
-        """
-        if not self.calibrated:
-            raise ValueError("fit_mel_exemplars needs calibrated codebooks: run calibrate() first.")
-        self._check_frames_match_codes(feature_extractor, "fit_mel_exemplars")
-        started = time.perf_counter()
-        codes, frames, seconds = [], [], 0.0
-        for clip in clips:
-            if seconds >= max_seconds:
-                break
-            clip = np.asarray(clip, dtype=np.float32)[: int((max_seconds - seconds) * self.sampling_rate)]
-            if len(clip) == 0:
-                continue
-            codes.append(self.encode_clips([clip])[0][0])  # (T,) codebook 0
-            with torch.inference_mode():
-                frames.append(feature_extractor.causal_log_mel(torch.from_numpy(clip)[None])[0])  # (T, M)
-            seconds += len(clip) / self.sampling_rate
-        if not codes:
-            raise ValueError("fit_mel_exemplars got no audio.")
-        codes, frames = torch.cat(codes), torch.cat(frames).float()
-        exemplars = torch.zeros(self.codebook_size, frames.shape[1])
-        order = torch.argsort(codes, stable=True)
-        seen, counts = torch.unique_consecutive(codes[order], return_counts=True)
-        for code, members in zip(seen.tolist(), torch.split(order, counts.tolist()), strict=True):
-            member_frames = frames[members]  # (n, M)
-            typical = member_frames.median(dim=0).values
-            exemplars[code] = member_frames[(member_frames - typical).abs().sum(dim=1).argmin()]
-        codebook = self.codec.quantizer.layers[0].codebook.embed.detach().float().cpu()  # (V, D)
-        unseen = torch.ones(self.codebook_size, dtype=torch.bool)
-        unseen[seen] = False
-        if bool(unseen.any()):
-            nearest = torch.cdist(codebook[unseen], codebook[seen]).argmin(dim=1)
-            exemplars[unseen] = exemplars[seen[nearest]]
-        self.mel_exemplars = exemplars
-        self.mel_exemplar_geometry = {key: getattr(feature_extractor, key) for key in MEL_GEOMETRY_KEYS}
-        return {"frames": len(codes), "codes_seen": len(seen), "seconds": time.perf_counter() - started}
-
-    def _check_frames_match_codes(self, feature_extractor: Any, method: str) -> None:
-        """``method`` pairs each code with the causal log-mel frame of the same samples: refuse an extractor whose
-        frames see later samples or are framed at another rate or hop."""
-        if getattr(feature_extractor, "framing", "causal") != "causal":
-            raise ValueError(
-                f"{method} needs causal log-mel targets; this feature extractor uses "
-                f"framing={feature_extractor.framing!r}, whose frames see later samples. Use framing='causal'."
-            )
-        if (feature_extractor.sampling_rate, feature_extractor.hop_length) != (self.sampling_rate, self.hop_length):
-            raise ValueError(
-                f"The feature extractor ({feature_extractor.sampling_rate} Hz, hop {feature_extractor.hop_length}) "
-                f"does not match the codec ({self.sampling_rate} Hz, hop {self.hop_length}), so its frames would not "
-                f"line up with the codes; build it with sampling_rate={self.sampling_rate}, "
-                f"hop_length={self.hop_length}."
-            )
-
     def check_mel_exemplars(self, feature_extractor: Any = None) -> None:
         """Raise a ValueError unless this codec has mel exemplars made with ``feature_extractor``'s settings (frames
         of another mel geometry would be read as garbage by a model)."""
         if self.mel_exemplars is None:
             raise ValueError(
-                "This codec has no mel exemplars: run fit_mel_exemplars(clips, feature_extractor) after calibrate() "
-                '(whisper_gpt.training.data.build_processor does), or generate with another mel_source ("codec", or '
-                '"learned" for a model with a mel head).'
+                "This codec has no mel exemplars: run fit_mel_exemplars(tokenizer, clips, feature_extractor) from "
+                "whisper_gpt.training.codec_fitting after calibrate (whisper_gpt.training.data.build_processor "
+                'does), or generate with another mel_source ("codec", or "learned" for a model with a mel head).'
             )
         if feature_extractor is None:
             return
@@ -978,7 +658,8 @@ class WhisperGPTAudioTokenizer:
             if getattr(feature_extractor, key, None) != value:
                 raise ValueError(
                     f"The codec's mel exemplars were computed with {key}={value!r}, but the feature extractor "
-                    f"has {key}={getattr(feature_extractor, key, None)!r}; run fit_mel_exemplars with it again."
+                    f"has {key}={getattr(feature_extractor, key, None)!r}; fit the exemplars with it again "
+                    "(fit_mel_exemplars in whisper_gpt.training.codec_fitting)."
                 )
 
     def mel_exemplar_frames(self, codes: torch.Tensor, feature_extractor: Any = None) -> torch.Tensor:
@@ -997,27 +678,12 @@ class WhisperGPTAudioTokenizer:
         return [index for index, layer in enumerate(layers) if not bool(layer.codebook.embed.any())]
 
 
-def _signal_to_offset(embeddings: torch.Tensor) -> float:
-    """(B, D, T) encoder output -> mean over channels of std over time / |mean over time|."""
-    flat = embeddings.transpose(0, 1).reshape(embeddings.shape[1], -1)
-    return float((flat.std(dim=1) / flat.mean(dim=1).abs().clamp(min=1e-12)).mean())
-
-
-def _scale_weight(conv: torch.nn.Conv1d, factor: float) -> None:
-    """Multiply a convolution's effective weight by ``factor`` (its weight-norm gain when it has one)."""
-    parametrizations = getattr(conv, "parametrizations", None)
-    if parametrizations is not None and "weight" in parametrizations:
-        parametrizations.weight.original0.mul_(factor)
-    else:
-        conv.weight.mul_(factor)
-
-
 def _conv_transpose1d(inputs: torch.Tensor, weight: torch.Tensor, stride: int) -> torch.Tensor:
     """``F.conv_transpose1d`` without bias, fast for the few frames of a streaming step.
 
-    On a handful of input frames torch's CPU kernel takes a slow path (10-13 ms at batch 1 for EnCodec's
-    512->256 kernel-16 layer); a matmul (B, T, C_in) @ (C_in, C_out * k) and an overlap-add (``F.fold``) take
-    ~0.5 ms. Longer inputs keep torch's kernel.
+    On a handful of input frames torch's CPU kernel takes a slow path; a matmul (B, T, C_in) @ (C_in, C_out * k)
+    and an overlap-add (``F.fold``) compute the same (B, C_out, (T - 1) * stride + k) output. Inputs longer than
+    ``_FOLD_MAX_FRAMES`` frames keep torch's kernel.
     """
     if inputs.shape[-1] > _FOLD_MAX_FRAMES:
         return F.conv_transpose1d(inputs, weight, None, stride=stride)
@@ -1170,7 +836,7 @@ class EncodecStreamingDecoder:
         sequence = hidden.permute(2, 0, 1)  # (n, B, C)
         state = self._state.get(key)
         if sequence.shape[0] == 1 and state is not None:
-            # One frame: torch.lstm_cell per layer is ~3.5x faster than nn.LSTM (which re-packs its weights).
+            # One frame: torch.lstm_cell per layer is faster than nn.LSTM, which re-packs its weights every call.
             h, c = state
             inputs, hs, cs = sequence[0], [], []
             for index in range(lstm.num_layers):

@@ -3,9 +3,8 @@
 Three steps:
 
 1. `build_processor`: fit a locally built EnCodec's encoder to the log-mel of training audio and calibrate its
-   codebooks (k-means, see `WhisperGPTAudioTokenizer.fit_encoder_to_mel` and `calibrate`), and wrap it with the
-   causal log-mel feature extractor. Skip it when a
-   trained codec is available (`WhisperGPTProcessor.from_pretrained`).
+   codebooks (k-means; `whisper_gpt.training.codec_fitting`), and wrap it with the causal log-mel feature
+   extractor. Skip it when a trained codec is available (`WhisperGPTProcessor.from_pretrained`).
 2. `prepare_dataset`: a folder of audio files, a built corpus (`whisper_gpt.apps.corpus`) or a `datasets.Dataset` with
    an audio column -> a `datasets.Dataset` with one row per file:
 
@@ -15,7 +14,7 @@ Three steps:
 
    The result is saved with `Dataset.save_to_disk` under a fingerprint of the processor (feature extractor
    settings, codec weights, bandwidth) and of the inputs (paths, sizes, modification times; or the input
-   dataset's own fingerprint), so a second run loads it memory-mapped in well under a second. Audio is decoded
+   dataset's own fingerprint), so a second run loads it memory-mapped instead of encoding again. Audio is decoded
    with soundfile, never torchcodec. ``streaming=True`` instead returns a lazily encoded `IterableDataset`
    (nothing is stored), split between processes with `datasets.distributed.split_dataset_by_node`.
 3. `WhisperGPTDataCollator`: rows -> padded model inputs, with fixed-length random crops for training;
@@ -47,6 +46,7 @@ import torch
 from ..feature_extraction_whisper_gpt import WhisperGPTFeatureExtractor, normalize_audio_batch
 from ..processing_whisper_gpt import WhisperGPTProcessor
 from ..tokenization_whisper_gpt import WhisperGPTAudioTokenizer, small_encodec_config
+from .codec_fitting import calibrate, fit_encoder_to_mel, fit_mel_exemplars, initialize_encoder
 
 logger = logging.getLogger(__name__)
 
@@ -98,11 +98,11 @@ def build_processor(
 ) -> tuple[WhisperGPTProcessor, dict[str, Any]]:
     """Build a small local 24 kHz EnCodec, fit it to ``calibration_audio``, wrap it in a processor.
 
-    Use this where no trained codec can be downloaded. Three steps on the audio: `initialize_encoder` (data-driven
-    scaling of the random encoder), `fit_encoder_to_mel` (``encoder_steps`` steps on the first ``encoder_seconds``
-    of audio, about 3 minutes on 2 CPU cores for 400 steps, so codes describe each frame's spectrum), then
-    `calibrate` (k-means codebooks), then `fit_mel_exemplars` (one real log-mel frame per codebook-0 code, from the
-    same first ``encoder_seconds``). The codes are good for training and comparing language models; the decoder
+    Use this where no trained codec can be downloaded. The steps on the audio (`whisper_gpt.training.codec_fitting`):
+    `initialize_encoder` (data-driven scaling of the random encoder), `fit_encoder_to_mel` (``encoder_steps`` steps
+    on the first ``encoder_seconds`` of audio, so codes describe each frame's spectrum), then `calibrate` (k-means
+    codebooks), then `fit_mel_exemplars` (one real log-mel frame per codebook-0 code, from the same first
+    ``encoder_seconds``). The codes are good for training and comparing language models; the decoder
     stays untrained, so listen through the exemplar frames (``generate(mel_source="exemplar")``, the default for
     such a codec) and Griffin-Lim instead (see `small_encodec_config`).
 
@@ -118,7 +118,7 @@ def build_processor(
         encoder_seconds: audio that the encoder fit and the mel exemplars read (the start of the calibration audio).
         seed: seeds the codec's random weights, the encoder fit and the k-means.
     Returns:
-        (processor, calibration statistics from `WhisperGPTAudioTokenizer.calibrate`, plus those of the encoder
+        (processor, calibration statistics from `calibrate`, plus those of the encoder
         fit under ``"encoder_fit"`` when it ran and of `fit_mel_exemplars` under ``"mel_exemplars"``).
     """
     from transformers import EncodecModel
@@ -148,11 +148,18 @@ def build_processor(
         raise ValueError("build_processor got no calibration audio.")
     fit_stats = {}
     if encoder_steps > 0:
-        tokenizer.initialize_encoder(head)
-        fit_stats = tokenizer.fit_encoder_to_mel(
-            head, feature_extractor, steps=encoder_steps, max_seconds=encoder_seconds, seed=seed, progress=progress
+        initialize_encoder(tokenizer, head)
+        fit_stats = fit_encoder_to_mel(
+            tokenizer,
+            head,
+            feature_extractor,
+            steps=encoder_steps,
+            max_seconds=encoder_seconds,
+            seed=seed,
+            progress=progress,
         )
-    stats = tokenizer.calibrate(
+    stats = calibrate(
+        tokenizer,
         itertools.chain(head, resampled),
         sampling_rate=tokenizer.sampling_rate,
         max_frames=max_frames,
@@ -162,7 +169,7 @@ def build_processor(
     )
     if fit_stats:
         stats["encoder_fit"] = fit_stats
-    stats["mel_exemplars"] = tokenizer.fit_mel_exemplars(head, feature_extractor, max_seconds=encoder_seconds)
+    stats["mel_exemplars"] = fit_mel_exemplars(tokenizer, head, feature_extractor, max_seconds=encoder_seconds)
     processor = WhisperGPTProcessor(feature_extractor, tokenizer)
     return processor, stats
 
