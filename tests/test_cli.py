@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from whisper_gpt.apps.cli import main
+from whisper_gpt.apps.cli import run as main_run
 
 
 def test_presets_prints_parameter_counts_as_json(capsys) -> None:
@@ -43,3 +44,26 @@ def test_generate_writes_wav_and_plot(tiny_processor, tmp_path, capsys) -> None:
     assert len(audio) == (15 + 15) * 320  # 0.2 s prompt -> 15 frames, plus 15 new frames
     assert png.stat().st_size > 10_000
     assert "Griffin-Lim" in capsys.readouterr().out  # a locally calibrated codec: rendered from mel frames
+
+
+def test_generate_greedy_is_deterministic_and_takes_no_sampling_options(tiny_processor, tmp_path) -> None:
+    import numpy as np
+    import pytest
+    import soundfile
+    from conftest import real_like_audio, tiny_config
+
+    from whisper_gpt import WhisperGPTForCausalLM
+
+    WhisperGPTForCausalLM(tiny_config(num_codebooks=2)).save_pretrained(tmp_path / "model")
+    tiny_processor.save_pretrained(tmp_path / "model")
+    soundfile.write(tmp_path / "prompt.wav", real_like_audio(0.1), 24000)
+    command = ["generate", str(tmp_path / "model"), str(tmp_path / "prompt.wav"), "--seconds", "0.1", "--greedy"]
+    waves = []
+    for seed in ("1", "2"):  # greedy: the seed does not matter
+        out = tmp_path / f"greedy{seed}.wav"
+        chosen = main_run([*command, "--seed", seed, "--render", "codec", "--out", str(out)])
+        assert chosen == {"mel_source": "codec", "renderer": "codec", "new_frames": 8}
+        waves.append(soundfile.read(out)[0])
+    np.testing.assert_array_equal(*waves)
+    with pytest.raises(ValueError, match="drop them with --greedy"):
+        main_run([*command, "--top-k", "5", "--out", str(tmp_path / "x.wav")])

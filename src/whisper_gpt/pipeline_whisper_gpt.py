@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import torch
 from transformers import Pipeline
+from transformers.generation.streamers import BaseStreamer
 
 TASK = "audio-continuation"
 
@@ -27,7 +28,9 @@ class AudioContinuationPipeline(Pipeline):
     decodes the codes, "mel" renders the mel frames with Griffin-Lim; the default "auto" decodes when the
     codec's decoder is trained and otherwise renders the mel frames (a locally calibrated codec's decoder makes
     noise). Other keyword arguments go to `WhisperGPTForCausalLM.generate` (``do_sample``, ``temperature``,
-    ``top_k``, ``top_p``, ``generator``, ``num_return_sequences``, ``mel_source`` ...).
+    ``top_k``, ``top_p``, ``generator``, ``num_return_sequences``, ``mel_source``, ``streamer`` ...); the pipeline
+    asks for the dict output itself and renders the audio in postprocess, so ``return_dict_in_generate`` and
+    ``output_audio`` are refused. Reading a file path needs the ``soundfile`` package.
     """
 
     _load_processor = True
@@ -44,6 +47,11 @@ class AudioContinuationPipeline(Pipeline):
         renderer: str | None = None,
         **generate_kwargs: Any,
     ) -> tuple[dict, dict, dict]:
+        for name in ("return_dict_in_generate", "output_audio"):
+            if name in generate_kwargs:
+                raise ValueError(
+                    f"{name} is set by the pipeline (it renders the audio itself, see renderer=); drop it."
+                )
         if max_new_seconds is not None and max_new_tokens is not None:
             raise ValueError("Pass max_new_seconds or max_new_tokens (frames), not both.")
         if max_new_seconds is not None:
@@ -92,7 +100,13 @@ class AudioContinuationPipeline(Pipeline):
 def _read_audio(audio: Any, sampling_rate: int | None) -> tuple[Any, int]:
     """Accept a waveform + rate, a file path, or a {"array"/"raw", "sampling_rate"} dict."""
     if isinstance(audio, str):
-        import soundfile
+        try:
+            import soundfile
+        except ImportError as error:  # not a transformers dependency
+            raise ImportError(
+                f"Reading the audio file {audio} needs the soundfile package: pip install soundfile. Or pass the "
+                "waveform itself with its sampling_rate."
+            ) from error
 
         data, file_rate = soundfile.read(audio, dtype="float32", always_2d=False)
         if sampling_rate is not None and sampling_rate != file_rate:
@@ -111,7 +125,7 @@ def _read_audio(audio: Any, sampling_rate: int | None) -> tuple[Any, int]:
     return audio, sampling_rate
 
 
-class WhisperGPTAudioStreamer:
+class WhisperGPTAudioStreamer(BaseStreamer):
     """Receives codes from `generate(..., streamer=...)` and hands out playable audio chunks as they are ready.
 
     ```python

@@ -52,22 +52,26 @@ def _presets(args: argparse.Namespace) -> None:
         )
 
 
-class _ProgressStreamer:
-    """A generate() streamer that only advances a progress bar (first put: the prompt; then one per frame)."""
+def _progress_streamer(frames: int) -> Any:
+    """A generate() streamer (transformers' `BaseStreamer`) that only advances a progress bar: its first ``put`` is
+    the prompt, then one per new frame."""
+    from tqdm.auto import tqdm
+    from transformers.generation.streamers import BaseStreamer
 
-    def __init__(self, frames: int):
-        from tqdm.auto import tqdm
+    class ProgressStreamer(BaseStreamer):
+        def __init__(self) -> None:
+            self._bar = tqdm(total=frames, unit="frame", desc="generating")
+            self._seen_prompt = False
 
-        self._bar = tqdm(total=frames, unit="frame", desc="generating")
-        self._seen_prompt = False
+        def put(self, value: Any) -> None:
+            if self._seen_prompt:
+                self._bar.update(value.shape[-1])
+            self._seen_prompt = True
 
-    def put(self, codes) -> None:
-        if self._seen_prompt:
-            self._bar.update(codes.shape[-1])
-        self._seen_prompt = True
+        def end(self) -> None:
+            self._bar.close()
 
-    def end(self) -> None:
-        self._bar.close()
+    return ProgressStreamer()
 
 
 def _generate(args: argparse.Namespace) -> dict[str, Any]:
@@ -87,6 +91,14 @@ def _generate(args: argparse.Namespace) -> dict[str, Any]:
     frames = max(1, round(args.seconds * model.config.frame_rate))
     requested = None if args.mel_source == "auto" else args.mel_source
     mel_source = model.resolve_mel_source(requested, processor.audio_tokenizer)
+    if args.greedy and (args.temperature is not None or args.top_k is not None):
+        raise ValueError("--temperature and --top-k set sampling; drop them with --greedy.")
+    sampling = {}
+    if not args.greedy:
+        sampling = {
+            "temperature": 1.0 if args.temperature is None else args.temperature,
+            "top_k": 50 if args.top_k is None else args.top_k,
+        }
     output = model.generate(
         **batch,
         audio_tokenizer=processor.audio_tokenizer,
@@ -94,10 +106,9 @@ def _generate(args: argparse.Namespace) -> dict[str, Any]:
         mel_source=mel_source,
         max_new_tokens=frames,
         do_sample=not args.greedy,
-        temperature=args.temperature,
-        top_k=args.top_k,
+        **sampling,
         generator=torch.Generator().manual_seed(args.seed),
-        streamer=_ProgressStreamer(frames),
+        streamer=_progress_streamer(frames),
         return_dict_in_generate=True,
     )
     renderer = processor.resolve_renderer(args.render, output.input_features is not None)
@@ -128,8 +139,8 @@ def _add_generate_command(commands) -> None:
     generate.add_argument("--plot", help="also write a PNG of the prompt and continuation log-mel")
     generate.add_argument("--prompt-seconds", type=float, help="use only the last N seconds of the prompt")
     generate.add_argument("--greedy", action="store_true", help="greedy decoding instead of sampling")
-    generate.add_argument("--temperature", type=float, default=1.0)
-    generate.add_argument("--top-k", type=int, default=50)
+    generate.add_argument("--temperature", type=float, help="sampling temperature (default 1.0)")
+    generate.add_argument("--top-k", type=int, help="sample from the k most likely codes (default 50)")
     generate.add_argument("--seed", type=int, default=0)
     generate.add_argument(
         "--mel-source",
