@@ -182,14 +182,23 @@ FRESH_SCRIPT = (
     + inspect.getsource(probe)
     + textwrap.dedent(
         """
+
+
+        def load(what: str, loader: Any, *args: Any) -> Any:
+            # A failure says what could not load the folder (transformers' messages can run to pages).
+            try:
+                return loader(*args, trust_remote_code=True)
+            except Exception as error:
+                sys.exit(f"{what} could not load the folder: {str(error)[:600]}")
+
+
         audio = np.load(audio_path)
-        load = {"trust_remote_code": True}
-        config = AutoConfig.from_pretrained(folder, **load)
-        model = AutoModelForCausalLM.from_pretrained(folder, **load).eval()
-        base = AutoModel.from_pretrained(folder, **load).eval()
-        feature_extractor = AutoFeatureExtractor.from_pretrained(folder, **load)
-        processor = AutoProcessor.from_pretrained(folder, **load)
-        pipe = pipeline("audio-continuation", model=folder, **load)
+        config = load("AutoConfig", AutoConfig.from_pretrained, folder)
+        model = load("AutoModelForCausalLM", AutoModelForCausalLM.from_pretrained, folder).eval()
+        base = load("AutoModel", AutoModel.from_pretrained, folder).eval()
+        feature_extractor = load("AutoFeatureExtractor", AutoFeatureExtractor.from_pretrained, folder)
+        processor = load("AutoProcessor", AutoProcessor.from_pretrained, folder)
+        pipe = load("pipeline", pipeline, "audio-continuation", folder)
         loaded = [config, model, base, feature_extractor, processor, processor.audio_tokenizer, pipe]
         results = probe(model, processor, audio, int(new_frames))
         results["has_exemplars"] = processor.audio_tokenizer.mel_exemplars is not None
