@@ -49,8 +49,8 @@ MODEL_AUTO_MAP = {
 FEATURE_EXTRACTOR_AUTO_MAP = {"AutoFeatureExtractor": "feature_extraction_whisper_gpt.WhisperGPTFeatureExtractor"}
 PROCESSOR_AUTO_MAP = {"AutoProcessor": "processing_whisper_gpt.WhisperGPTProcessor"}
 ALLOWED_PACKAGES = {"torch", "numpy", "transformers"}
-# Installed wherever transformers is (its own requirements, checked below), so an export may use them.
-TRANSFORMERS_REQUIREMENTS = {"huggingface_hub", "tqdm"}
+# The Hub client is installed wherever transformers is (one of its requirements, checked below).
+TRANSFORMERS_REQUIREMENTS = {"huggingface_hub"}
 # The fresh venv gets exactly these (and what they require); the versions are the ones this suite runs with.
 FRESH_REQUIREMENTS = (f"torch=={torch.__version__.split('+')[0]}", f"transformers=={transformers.__version__}")
 NEW_FRAMES = 12
