@@ -5,8 +5,10 @@ Times each piece of a generation step alone, as `generate()` runs it, on the pap
 
 * ``codec_step``: the streaming decoder decoding one new frame (`EncodecStreamingDecoder.step`);
 * ``mel_frame``: the causal log-mel frame of the newest samples (`causal_log_mel` on 4 hops of audio);
-* ``model_step``: the decoder with its KV cache over one new frame (2 mel blocks + fusion + 4 GPT blocks);
-* ``depth_sampling``: `_sample_frame` (8 depth-decoder steps with their cache, top-k 50 sampling);
+* ``model_step``: the decoder with its KV cache over one new frame (`decoding_step`: 2 mel blocks + fusion + 4 GPT
+  blocks);
+* ``depth_sampling``: `_sample_frame` (8 depth-decoder steps with their cache, top-k 50 sampling with the logits
+  processors generate() builds);
 * ``depth_steps_only``: the 8 depth-decoder steps without the sampling;
 * ``depth_steps_functional``: the same 8 steps written with plain tensor functions on the same weights (no
   `nn.Module` calls, no dropout modules, a list as cache): how much of ``depth_steps_only`` is module overhead.
@@ -81,11 +83,10 @@ def main() -> None:
     args = parser.parse_args()
     setup_torch(1)
 
-    from transformers import GenerationConfig
     from transformers.cache_utils import DynamicCache
+    from transformers.generation import LogitsProcessorList
 
     from whisper_gpt import WhisperGPTConfig, WhisperGPTFeatureExtractor, WhisperGPTForCausalLM
-    from whisper_gpt.generation_whisper_gpt import _logits_processors
 
     tokenizer = random_weight_codec(quick=False)
     extractor = WhisperGPTFeatureExtractor()
@@ -101,16 +102,25 @@ def main() -> None:
         audio = torch.randn(1, 4 * 320, generator=generator)
         results["mel_frame"] = milliseconds(lambda: extractor.causal_log_mel(audio)[:, -1:], args.repeats)
 
-        out = model.model(input_ids=prompt, input_features=torch.randn(1, 75, 80), use_cache=True)
-        cache, features, position = out.cache, torch.randn(1, 1, 80), torch.tensor([[75]])
+        cache = DynamicCache(config=model.config)
+        mask, positions = torch.ones(1, 76, dtype=torch.long), torch.arange(76)[None]
+        hidden = model.decoding_step(prompt, torch.randn(1, 75, 80), mask[:, :75], positions[:, :75], cache)
+        features = torch.randn(1, 1, 80)
 
         def model_step() -> None:
-            model.model(input_ids=prompt[..., :1], input_features=features, position_ids=position, cache=cache)
+            model.decoding_step(prompt[..., :1], features, mask, positions[:, 75:], cache)
             cache.crop(-1)
 
         results["model_step"] = milliseconds(model_step, args.repeats)
-        frame_state = out.last_hidden_state[:, -1]
-        processors = _logits_processors(GenerationConfig(do_sample=True, top_k=50))
+        frame_state = hidden[:, -1]
+        # The processors generate() builds for do_sample=True, top_k=50, one list per codebook.
+        config, _ = model._prepare_generation_config(None, do_sample=True, top_k=50)
+        model._prepare_special_tokens(config, kwargs_has_attention_mask=True, device=prompt.device)
+        processors = model._codebook_processors(
+            model._get_logits_processor(
+                config, input_ids_seq_length=75, logits_processor=LogitsProcessorList(), device=prompt.device
+            )
+        )
         results["depth_sampling"] = milliseconds(
             lambda: model._sample_frame(frame_state, prompt, processors, True, generator), args.repeats
         )

@@ -4,6 +4,7 @@ codes; mel frame sources (codec in the loop, exemplar, learned, custom); cache e
 from __future__ import annotations
 
 import copy
+import sys
 
 import pytest
 import torch
@@ -12,6 +13,7 @@ from transformers import GenerationConfig, set_seed
 from transformers.generation import BaseStreamer, LogitsProcessor, StoppingCriteria, StoppingCriteriaList
 
 from whisper_gpt import WhisperGPTForCausalLM, WhisperGPTGenerateOutput
+from whisper_gpt import generation_whisper_gpt as generation_module
 from whisper_gpt.generation_whisper_gpt import (
     HONOURED_FIELDS,
     REFUSED_ARGUMENTS,
@@ -383,6 +385,41 @@ def test_honoured_processor_fields_change_the_codes(tiny_processor):
     assert code not in first[0, :, 8].tolist() and torch.equal(first[..., :8], greedy[..., :8])
     cfg = GenerationConfig(max_new_tokens=4, do_sample=True, min_p=0.2, typical_p=0.9, top_k=0)
     assert generate(model, tiny_processor, batch, generation_config=cfg).shape == (1, 2, 12)
+
+
+@pytest.mark.parametrize("mel_source", [None, "learned", "exemplar"])  # None: a token-only model (exemplar frames)
+def test_the_frame_loop_reads_nothing_back_to_the_host(tiny_processor, monkeypatch, mel_source):
+    """Host reads (bool, int, item, tolist ...) made by the generation code itself do not grow with the frames:
+    the prompt is checked once; without criteria beyond max_length no frame is looked at."""
+    processor = copy.deepcopy(tiny_processor)
+    table = torch.randn(TINY_CODEBOOK_SIZE, TINY_MEL_BINS, generator=torch.Generator().manual_seed(0))
+    processor.audio_tokenizer.set_mel_exemplars(table, processor.feature_extractor)
+    overrides = {None: {"use_spectrogram": False}, "learned": {"use_mel_head": True}, "exemplar": {}}[mel_source]
+    model = make_model(num_codebooks=2, **overrides)
+    batch = prompt(processor, seconds=(0.2, 0.1))
+    reads = []
+
+    def counting(name):
+        original = getattr(torch.Tensor, name)
+
+        def read(self, *args, **kwargs):
+            if sys._getframe(1).f_code.co_filename == generation_module.__file__:
+                reads.append(name)
+            return original(self, *args, **kwargs)
+
+        return read
+
+    for name in ("__bool__", "__int__", "__float__", "__index__", "item", "tolist"):
+        monkeypatch.setattr(torch.Tensor, name, counting(name))
+
+    def count(**kwargs) -> int:
+        reads.clear()
+        generate(model, processor, batch, mel_source=mel_source, **kwargs)
+        return len(reads)
+
+    assert count(max_new_tokens=2) == count(max_new_tokens=12)
+    stop_never = StopAfter(15, [99, 99])  # a criterion that needs the codes: one read per frame
+    assert count(max_new_tokens=12, stopping_criteria=[stop_never]) == count(max_new_tokens=2) + 12
 
 
 class Recorder(BaseStreamer):

@@ -469,7 +469,7 @@ class WhisperGPTGenerationMixin(GenerationMixin):
         config, model_kwargs = self._prepare_generation_config(generation_config, **kwargs)
         check_generation_config(config)
         _check_arguments(model_kwargs)
-        codes = self.model.validate_codes(input_ids)  # (B, K, T): the one check of the codes' values
+        codes = self.model.validate_codes(input_ids).to(self.device)  # (B, K, T): the one check of their values
         batch_size, _, length = codes.shape
         starts, lengths = _prompt_spans(attention_mask, batch_size, length, codes.device)
 
@@ -492,7 +492,7 @@ class WhisperGPTGenerationMixin(GenerationMixin):
                         "input_features too (the processor returns them)."
                     )
                 input_features = input_features.to(self.device, self.dtype)
-            input_features = self.model.validate_features(input_features, length)
+            input_features = self.model.validate_features(input_features, length).to(self.device)
         codes, input_features, mask = _left_align(codes, input_features, starts, lengths)
 
         repeats = config.num_return_sequences or 1
