@@ -5,6 +5,41 @@ from __future__ import annotations
 from transformers import PretrainedConfig
 
 FUSION_MODES = ("concat", "sum")
+# The paper's three models (arXiv 2412.11449) as config values on top of the defaults, which are GPT-S's.
+PAPER_PRESETS: dict[str, dict] = {
+    "paper_gpt_s": {"use_spectrogram": False},
+    "paper_hybrid": {"use_spectrogram": True},
+    "paper_gpt_l": {
+        "use_spectrogram": False,
+        "hidden_size": 512,
+        "num_hidden_layers": 12,
+        "num_attention_heads": 8,
+        "intermediate_size": 2048,
+    },
+}
+# What the paper reports for each preset (arXiv 2412.11449, Table 1): the model, its parameter count, and per domain
+# its next-frame numbers on codebook 0 of the published 24 kHz EnCodec: NLL in nats per code, accuracy of the arg-max
+# code (a fraction) and perplexity as printed.
+PAPER_RESULTS: dict[str, dict] = {
+    "paper_gpt_s": {
+        "model": "token-only GPT-S",
+        "params": 3.7e6,
+        "speech": {"nll": 2.02, "accuracy": 0.3418, "perplexity": 7.54},
+        "music": {"nll": 2.78, "accuracy": 0.3496, "perplexity": 16.12},
+    },
+    "paper_hybrid": {
+        "model": "hybrid Whisper-GPT",
+        "params": 4.0e6,
+        "speech": {"nll": 1.93, "accuracy": 0.3505, "perplexity": 6.96},
+        "music": {"nll": 2.52, "accuracy": 0.3847, "perplexity": 12.43},
+    },
+    "paper_gpt_l": {
+        "model": "token-only GPT-L",
+        "params": 40e6,
+        "speech": {"nll": 1.94, "accuracy": 0.3482, "perplexity": 6.96},
+        "music": {"nll": 2.77, "accuracy": 0.3572, "perplexity": 15.96},
+    },
+}
 # Lets `pipeline(model=folder, trust_remote_code=True)` find the pipeline file the processor saves next to the weights.
 CUSTOM_PIPELINES = {
     "audio-continuation": {"impl": "pipeline_whisper_gpt.AudioContinuationPipeline", "pt": ["AutoModelForCausalLM"]}
@@ -27,10 +62,7 @@ class WhisperGPTConfig(PretrainedConfig):
         num_mel_bins (`int`, 80): mel bins of ``input_features``.
         spectrogram_hidden_size (`int`, 96), spectrogram_layers (`int`, 2), spectrogram_num_heads (`int`, 2):
             width, depth and heads of the causal blocks over mel frames. ``spectrogram_layers=0`` feeds the
-            projected mel frames straight to the fusion. Two heads of 48, not four of 24: the same parameters,
-            and attention over T frames costs per head, so four heads made the mel path cost as much attention
-            time as the decoder (training overhead over token-only 1.19x with 4 heads, 1.12x with 2, measured in
-            one run; benchmarks/PROFILING.md).
+            projected mel frames straight to the fusion.
         fusion (`str`, "concat"): "concat" concatenates token and mel streams and projects them to
             ``hidden_size`` (the paper); "sum" adds a projection of the mel stream to the token embedding.
         hidden_size, num_hidden_layers, num_attention_heads, intermediate_size: the GPT decoder.
@@ -49,7 +81,7 @@ class WhisperGPTConfig(PretrainedConfig):
             Generation can then compute new mel frames without decoding audio (``mel_source="learned"``).
         mel_init_scale (`float`, 0.1): scale of the mel part of the fusion projection at initialisation
             relative to ``initializer_range``, so the untrained mel path starts as a small perturbation of the
-            token embedding (measured to matter: a full-size random mel path made the hybrid train slower).
+            token embedding.
         mel_gate (`bool`, False): multiply the mel stream by tanh of a learned scalar that starts at 0 (as
             Flamingo gates its new cross-attention), so the hybrid starts as the token-only model and can open
             the mel path if the mel frames help. Requires ``use_spectrogram=True``.
@@ -171,26 +203,26 @@ class WhisperGPTConfig(PretrainedConfig):
         return self.sampling_rate / self.hop_length
 
     @classmethod
+    def from_preset(cls, preset: str, **overrides) -> WhisperGPTConfig:
+        """The config of one of the paper's models (a key of ``PAPER_PRESETS``), with ``overrides`` on top."""
+        if preset not in PAPER_PRESETS:
+            raise ValueError(f"Unknown preset {preset!r}; choose one of {', '.join(PAPER_PRESETS)}.")
+        return cls(**{**PAPER_PRESETS[preset], **overrides})
+
+    @classmethod
     def paper_gpt_s(cls, **overrides) -> WhisperGPTConfig:
         """Token-only GPT-S of the paper (about 3.7M parameters with codebook 0 only)."""
-        return cls(**{"use_spectrogram": False, **overrides})
+        return cls.from_preset("paper_gpt_s", **overrides)
 
     @classmethod
     def paper_hybrid(cls, **overrides) -> WhisperGPTConfig:
         """Hybrid Whisper-GPT of the paper (about 4.0M parameters): GPT-S plus the light mel path."""
-        return cls(**{"use_spectrogram": True, **overrides})
+        return cls.from_preset("paper_hybrid", **overrides)
 
     @classmethod
     def paper_gpt_l(cls, **overrides) -> WhisperGPTConfig:
         """Token-only GPT-L of the paper (about 40M parameters)."""
-        defaults = {
-            "use_spectrogram": False,
-            "hidden_size": 512,
-            "num_hidden_layers": 12,
-            "num_attention_heads": 8,
-            "intermediate_size": 2048,
-        }
-        return cls(**{**defaults, **overrides})
+        return cls.from_preset("paper_gpt_l", **overrides)
 
 
-__all__ = ["WhisperGPTConfig"]
+__all__ = ["PAPER_PRESETS", "PAPER_RESULTS", "WhisperGPTConfig"]

@@ -41,22 +41,15 @@ from typing import Any
 
 import numpy as np
 
+from ..configuration_whisper_gpt import PAPER_RESULTS
+
 logger = logging.getLogger(__name__)
 
 MODELS = {"gpt_s": ("GPT-S (token-only)", "paper_gpt_s"), "hybrid": ("Whisper-GPT (hybrid)", "paper_hybrid")}
-# Config overrides on top of the preset: the hybrid's mel stream enters through a gate that starts closed. On the
-# fitted codec's codes the ungated mel stream slowed the hybrid's learning (held-out NLL 3.65 against 2.71 for GPT-S
-# after 300 equal steps on speech, scripts/mel_gate_effect.py). Gated, it learns as fast as GPT-S (2.70), but at this
-# budget the gate stays nearly closed, so the hybrid hardly uses the mel frames yet.
+# Config overrides on top of the preset: the hybrid's mel stream enters through a gate that starts closed, because on
+# the fitted codec's codes the ungated mel stream slowed the hybrid's learning (scripts/mel_gate_effect.py).
 MODEL_EXTRAS: dict[str, dict[str, Any]] = {"gpt_s": {}, "hybrid": {"mel_gate": True}}
 DOMAINS = ("speech", "music")
-# arXiv 2412.11449, codebook 0 of the published 24 kHz EnCodec: parameters, NLL (nats), accuracy.
-PAPER = {
-    ("speech", "gpt_s"): (3.7e6, 2.02, 0.3418),
-    ("speech", "hybrid"): (4.0e6, 1.93, 0.3505),
-    ("music", "gpt_s"): (3.7e6, 2.78, 0.3496),
-    ("music", "hybrid"): (4.0e6, 2.52, 0.3847),
-}
 # Steps timed before training to turn a time budget into a step count (the cosine schedule needs it up front).
 _TIMED_STEPS = 4
 
@@ -78,50 +71,13 @@ def _calibration_files(corpora: dict[str, Path], seconds: float, seed: int) -> l
     return chosen
 
 
-def _seconds_per_step(config: Any) -> float:
-    """Time a few optimizer steps of ``config``'s model on real training batches, in this process."""
-    import torch
-
-    from ..modeling_whisper_gpt import WhisperGPTForCausalLM
-    from ..processing_whisper_gpt import WhisperGPTProcessor
-    from ..training.data import EpochShuffleSampler, TrainingCrops, WhisperGPTDataCollator, prepare_dataset
-    from ..training.loop import model_config
-
-    processor = WhisperGPTProcessor.from_pretrained(config.processor)
-    train_set = prepare_dataset(config.train_data, processor, split="train", cache_dir=config.cache_dir, progress=False)
-    cfg = model_config(config.preset, config.model_overrides)
-    model = WhisperGPTForCausalLM(cfg).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate)
-    crops = TrainingCrops(train_set, config.max_frames, pack=config.pack)
-    sampler = EpochShuffleSampler(len(crops), seed=config.seed + 1)
-    loader = torch.utils.data.DataLoader(
-        crops,
-        batch_size=config.batch_size,
-        sampler=sampler,
-        collate_fn=WhisperGPTDataCollator(max_frames=config.max_frames),
-        drop_last=True,
-    )
-    timings = []
-    for index, batch in enumerate(loader):
-        if not cfg.trains_on_mel_frames:
-            batch.pop("input_features")
-        started = time.perf_counter()
-        model(**batch, use_cache=False).loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-        timings.append(time.perf_counter() - started)
-        if index == _TIMED_STEPS:
-            break
-    return float(np.mean(timings[1:]))  # the first step pays for one-off allocations
-
-
 def _train_for(config_values: dict[str, Any], minutes: float) -> dict[str, Any]:
     """Worker: size ``max_steps`` to fill ``minutes`` of this process's time, then train. Runs in a subprocess."""
-    from ..training.loop import TrainingConfig, configure_torch, train
+    from ..training.loop import TrainingConfig, configure_torch, seconds_per_step, train
 
     configure_torch(num_processes=1, threads=config_values["torch_threads"])
     config = TrainingConfig(**config_values)
-    step_seconds = _seconds_per_step(config)
+    step_seconds = seconds_per_step(config, _TIMED_STEPS)
     # Validation and saving take a little of the budget too; 90% of it goes to optimizer steps.
     config.max_steps = max(10, int(0.9 * minutes * 60 / step_seconds))
     config.warmup_steps = max(1, config.max_steps // 20)
@@ -346,7 +302,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
             f"{row['domain']:<7} {row['model']:<21} {row['params'] / 1e6:>9.2f}M  {row['steps']:>6} "
             f"{row['nll']:>6.3f} {row['accuracy']:>7.2%} {row['perplexity']:>7.2f} | "
             f"{row['paper_params'] / 1e6:>5.1f}M {row['paper_nll']:>5.2f} {row['paper_accuracy']:>7.2%} "
-            f"{math.exp(row['paper_nll']):>6.2f}"
+            f"{row['paper_perplexity']:>6.2f}"
         )
     gates = [f"{row['domain']} {row['mel_gate']:.3f}" for row in rows if row.get("mel_gate") is not None]
     if gates:
@@ -489,7 +445,7 @@ def run_demo(
 
     rows = []
     for (domain, key), summary in summaries.items():
-        paper_params, paper_nll, paper_accuracy = PAPER[(domain, key)]
+        paper = PAPER_RESULTS[MODELS[key][1]]
         first = summary["validation"]["codebook_0"]
         gate = _mel_gate(summary["final_dir"])
         rows.append(
@@ -504,9 +460,10 @@ def run_demo(
                 "validation_codes": first["tokens"],
                 "steps": summary["steps"],
                 "train_seconds": summary["seconds"],
-                "paper_params": paper_params,
-                "paper_nll": paper_nll,
-                "paper_accuracy": paper_accuracy,
+                "paper_params": paper["params"],
+                "paper_nll": paper[domain]["nll"],
+                "paper_accuracy": paper[domain]["accuracy"],
+                "paper_perplexity": paper[domain]["perplexity"],
                 "model_dir": summary["final_dir"],
             }
         )

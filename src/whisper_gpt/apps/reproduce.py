@@ -21,13 +21,19 @@ is computed over the 1024 logits of the codebook the next token belongs to (whic
 it is comparable with the hybrid K=8 model's per-codebook NLL; tokens of a window's first frame are not scored
 (the frame-level models cannot predict frame 0 of a window either).
 
-Training here is a plain loop (no checkpoints or trackers) with the optimizer of `whisper_gpt.training`: AdamW
-(beta2 0.95, weight decay 0.1 on matrices only), linear warmup then cosine decay, gradient clipping at 1.0.
+Every run trains with the package's one loop, `whisper_gpt.training.loop.train`, on the encoded data held in
+memory, without checkpoints or final folder (its ``metrics.jsonl`` goes to ``OUTPUT_DIR/logs/DOMAIN-RUN-seedS/``):
+AdamW (`build_optimizer`: beta2 0.95, weight decay 0.1 on matrices only), linear warmup then cosine decay, gradient
+clipping at 1.0; the seed sets the initialisation and the data order, so the models of a comparison see the same
+batches. Validation is `evaluate_model`, the code of ``whisper-gpt evaluate``; the flattened baseline is wrapped as a
+frame model (`FlattenedCodebooks`) so that the loop and the evaluation treat it like the others. The step timings of
+point 3 are `seconds_per_step`: a few steps of the same loop.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import hashlib
 import itertools
 import json
@@ -46,26 +52,29 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..configuration_whisper_gpt import PAPER_RESULTS
+
 logger = logging.getLogger(__name__)
 
 DOMAINS = ("speech", "music")
 MAIN_MODELS = ("gpt_s", "gpt_l", "hybrid")
 PRESET = {"gpt_s": "paper_gpt_s", "gpt_l": "paper_gpt_l", "hybrid": "paper_hybrid"}
-LABEL = {"gpt_s": "token-only GPT-S", "gpt_l": "token-only GPT-L", "hybrid": "hybrid Whisper-GPT"}
-# arXiv 2412.11449, Table 1 (codebook 0 of the published 24 kHz EnCodec): params, NLL (nats), accuracy, PPL.
-PAPER = {
-    "speech": {
-        "gpt_s": {"params": 3.7e6, "nll": 2.02, "accuracy": 0.3418, "ppl": 7.54},
-        "gpt_l": {"params": 40e6, "nll": 1.94, "accuracy": 0.3482, "ppl": 6.96},
-        "hybrid": {"params": 4.0e6, "nll": 1.93, "accuracy": 0.3505, "ppl": 6.96},
-    },
-    "music": {
-        "gpt_s": {"params": 3.7e6, "nll": 2.78, "accuracy": 0.3496, "ppl": 16.12},
-        "gpt_l": {"params": 40e6, "nll": 2.77, "accuracy": 0.3572, "ppl": 15.96},
-        "hybrid": {"params": 4.0e6, "nll": 2.52, "accuracy": 0.3847, "ppl": 12.43},
-    },
-}
+LABEL = {model: PAPER_RESULTS[preset]["model"] for model, preset in PRESET.items()}
 CODEC_CODEBOOKS = 8  # 6 kbps: what the K=8 ablations read; the paper's models read codebook 0 only
+EVAL_BATCH_SIZE = 8
+
+
+def paper_numbers(domain: str, model: str) -> dict[str, float]:
+    """What the paper reports for ``model`` (gpt_s / gpt_l / hybrid) on ``domain``, in the layout of
+    ``results.json``: ``params``, ``nll``, ``accuracy``, ``ppl`` (from `PAPER_RESULTS`)."""
+    reported = PAPER_RESULTS[PRESET[model]]
+    numbers = reported[domain]
+    return {
+        "params": reported["params"],
+        "nll": numbers["nll"],
+        "accuracy": numbers["accuracy"],
+        "ppl": numbers["perplexity"],
+    }
 
 
 @dataclass
@@ -326,10 +335,9 @@ class RunSpec:
         return f"{self.domain}/{self.name}/seed{self.seed}"
 
 
-def _model_config(spec: RunSpec, config: ReproductionConfig) -> Any:
-    from ..training.loop import model_config
-
-    overrides = {
+def _overrides(spec: RunSpec, config: ReproductionConfig) -> dict[str, Any]:
+    """Config overrides of a frame model on top of its preset (for the flattened baseline: of the frame view)."""
+    return {
         "codebook_size": config.codebook_size,
         "num_mel_bins": config.num_mel_bins,
         "max_position_embeddings": config.max_frames,
@@ -337,229 +345,220 @@ def _model_config(spec: RunSpec, config: ReproductionConfig) -> Any:
         **config.model_overrides.get(spec.model, {}),
         **spec.overrides,
     }
+
+
+def _frame_config(spec: RunSpec, config: ReproductionConfig) -> Any:
+    """The model's config as the training loop and `evaluate_model` see it (frames of ``num_codebooks`` codes)."""
+    from ..training.loop import model_config
+
+    cfg = model_config(PRESET[spec.model], _overrides(spec, config))
     if spec.flat:
-        overrides.update(
-            codebook_size=CODEC_CODEBOOKS * overrides["codebook_size"],
-            max_position_embeddings=CODEC_CODEBOOKS * config.max_frames,
-            num_codebooks=1,
-            use_spectrogram=False,
-        )
-    return model_config(PRESET[spec.model], overrides)
+        cfg.num_codebooks = CODEC_CODEBOOKS
+        cfg.use_spectrogram = False
+    return cfg
+
+
+def _flattened_model(spec: RunSpec, config: ReproductionConfig) -> FlattenedCodebooks:
+    """A fresh flattened baseline: a token-only LM over 8 codebooks side by side, ``8 * max_frames`` tokens."""
+    from ..modeling_whisper_gpt import WhisperGPTForCausalLM
+    from ..training.loop import model_config
+
+    overrides = _overrides(spec, config)
+    overrides.update(
+        codebook_size=CODEC_CODEBOOKS * overrides["codebook_size"],
+        max_position_embeddings=CODEC_CODEBOOKS * config.max_frames,
+        num_codebooks=1,
+        use_spectrogram=False,
+    )
+    return FlattenedCodebooks(WhisperGPTForCausalLM(model_config(PRESET[spec.model], overrides)), config.max_frames)
 
 
 def _flatten_batch(batch: dict[str, torch.Tensor], codebook_size: int) -> dict[str, torch.Tensor]:
-    """(B, 8, L) frame codes -> (B, 1, 8L) tokens k * V + code_k, frame-major; masks and labels follow."""
+    """(B, 8, L) frame codes -> (B, 1, 8L) tokens k * V + code_k, frame-major; the mask and labels (if any) follow."""
     ids = batch["input_ids"][:, :CODEC_CODEBOOKS]
     batch_size, k, length = ids.shape
-    offsets = (torch.arange(k) * codebook_size)[None, :, None]
+    offsets = (torch.arange(k, device=ids.device) * codebook_size)[None, :, None]
     flat = (ids + offsets).transpose(1, 2).reshape(batch_size, 1, k * length)
-    mask = batch["attention_mask"].repeat_interleave(k, dim=1)
-    labels = batch["labels"][:, :CODEC_CODEBOOKS]
-    flat_labels = torch.where(labels == -100, -100, labels + offsets).transpose(1, 2).reshape(batch_size, 1, k * length)
-    return {"input_ids": flat, "attention_mask": mask, "labels": flat_labels}
+    out = {"input_ids": flat, "attention_mask": batch["attention_mask"].repeat_interleave(k, dim=1)}
+    if batch.get("labels") is not None:
+        labels = batch["labels"][:, :CODEC_CODEBOOKS]
+        flat_labels = torch.where(labels == -100, -100, labels + offsets)
+        out["labels"] = flat_labels.transpose(1, 2).reshape(batch_size, 1, k * length)
+    return out
 
 
-def _model_inputs(batch: dict[str, torch.Tensor], cfg: Any, flat: bool, codebook_size: int) -> dict[str, torch.Tensor]:
-    if flat:
-        return _flatten_batch(batch, codebook_size)
-    batch = dict(batch)
-    if not cfg.trains_on_mel_frames:
-        batch.pop("input_features", None)
-    return batch
+class FlattenedCodebooks(torch.nn.Module):
+    """The flattened baseline seen as a frame model, so `train` and `evaluate_model` handle it like the others.
+
+    ``lm`` is a token-only `WhisperGPTForCausalLM` with one codebook of ``8 * V`` tokens and a context of
+    ``8 * frames``. The forward pass takes frame batches as the collator makes them (``input_ids`` (B, >=8, L),
+    ``attention_mask`` (B, L), ``labels``) and flattens them with `_flatten_batch`. With ``labels`` it returns the
+    LM's loss (cross-entropy over all 8V logits); without, ``logits`` (B, 8, L, V): entry [:, c, t] is what the token
+    before frame t + 1's code c predicts, over the V logits of codebook c. So frame t + 1 is scored as a frame model's
+    prediction at t is, and a window's frame 0 is not scored. ``config`` describes that frame view: 8 codebooks of V
+    codes, a context of ``frames``, no mel input.
+    """
+
+    def __init__(self, lm: torch.nn.Module, frames: int):
+        super().__init__()
+        if lm.config.num_codebooks != 1 or lm.config.codebook_size % CODEC_CODEBOOKS:
+            raise ValueError("FlattenedCodebooks needs a one-codebook LM whose vocabulary is 8 codebooks side by side.")
+        self.lm = lm
+        self.codebook_size = lm.config.codebook_size // CODEC_CODEBOOKS
+        self.config = copy.deepcopy(lm.config)
+        self.config.num_codebooks = CODEC_CODEBOOKS
+        self.config.codebook_size = self.codebook_size
+        self.config.max_position_embeddings = frames
+
+    def validate_audio_tokenizer(self, audio_tokenizer: Any) -> None:
+        """The check of a frame model with this config (8 codebooks of V codes at the LM's geometry)."""
+        from ..modeling_whisper_gpt import WhisperGPTForCausalLM
+
+        WhisperGPTForCausalLM.validate_audio_tokenizer(self, audio_tokenizer)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        use_cache: bool = False,
+    ) -> Any:
+        from ..modeling_whisper_gpt import WhisperGPTCausalLMOutput
+
+        if attention_mask is None:
+            attention_mask = torch.ones(input_ids.shape[0], input_ids.shape[-1], dtype=torch.long)
+        frames = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+        output = self.lm(**_flatten_batch(frames, self.codebook_size), use_cache=use_cache)
+        if labels is not None:
+            return WhisperGPTCausalLMOutput(loss=output.loss)
+        k, size = CODEC_CODEBOOKS, self.codebook_size
+        logits = output.logits[:, 0]  # (B, 8L, 8V): token j predicts token j + 1
+        batch_size, tokens, _ = logits.shape
+        length = tokens // k
+        # Frame t + 1's code c is token 8(t + 1) + c, predicted at 8t + 7 + c; past the end (t = L - 1, c > 0) the
+        # zero padding stands in, and the last frame's predictions are never scored.
+        padded = torch.nn.functional.pad(logits, (0, 0, 0, k)).view(batch_size, tokens + k, k, size)
+        book = torch.arange(k, device=logits.device)[:, None].expand(k, length)
+        position = k * torch.arange(length, device=logits.device)[None, :] + (k - 1) + book
+        return WhisperGPTCausalLMOutput(logits=padded[:, position, book])  # (B, 8, L, V)
 
 
-def _evaluate_flat(model: Any, dataset: Any, window: int, codebook_size: int, batch_size: int = 8) -> dict[str, Any]:
-    """Per-codebook NLL / accuracy of the flattened model, each token scored over its codebook's 1024 logits."""
-    from ..training.data import SlidingWindows, WhisperGPTDataCollator
+def _training_config(spec: RunSpec, config: ReproductionConfig, steps: int, output_dir: Path) -> Any:
+    """The run's `TrainingConfig`: the same steps, batch, crop, optimizer and schedule for every run; data order and
+    initialisation from the seed; validation ``eval_points`` times; no checkpoints or final folder."""
+    from ..training.loop import TrainingConfig
 
-    windows = SlidingWindows(dataset, window)
-    collate = WhisperGPTDataCollator(max_frames=window, random_crop=False)
-    k = CODEC_CODEBOOKS
-    nll_sum, correct_sum, count = np.zeros(k), np.zeros(k), np.zeros(k)
-    model.eval()
-    with torch.inference_mode():
-        for start in range(0, len(windows), batch_size):
-            batch = collate([windows[i] for i in range(start, min(start + batch_size, len(windows)))])
-            flat = _flatten_batch(batch, codebook_size)
-            logits = model(input_ids=flat["input_ids"], attention_mask=flat["attention_mask"], use_cache=False).logits
-            logits = logits[:, 0, :-1].float()  # position j predicts token j + 1
-            targets = flat["labels"][:, 0, 1:]
-            positions = torch.arange(1, targets.shape[1] + 1)
-            book = positions % k
-            frame = positions // k
-            b, n, _ = logits.shape
-            sliced = logits.view(b, n, k, codebook_size)[:, torch.arange(n), book]  # (B, n, V)
-            log_probs = torch.log_softmax(sliced, dim=-1)
-            valid = (targets != -100) & (frame >= 1)[None]
-            local = (targets - book[None] * codebook_size).clamp(0, codebook_size - 1)
-            nll = -log_probs.gather(-1, local[..., None])[..., 0]
-            correct = log_probs.argmax(-1) == local
-            for c in range(k):
-                mask = valid & (book == c)[None]
-                nll_sum[c] += float(nll[mask].double().sum())
-                correct_sum[c] += float(correct[mask].sum())
-                count[c] += float(mask.sum())
-    model.train()
-    per = []
-    for c in range(k):
-        mean = nll_sum[c] / max(count[c], 1)
-        per.append(
-            {
-                "codebook": c,
-                "nll": mean,
-                "accuracy": correct_sum[c] / max(count[c], 1),
-                "perplexity": math.exp(mean),
-                "tokens": int(count[c]),
-            }
-        )
-    total = nll_sum.sum() / max(count.sum(), 1)
-    return {
-        "nll": total,
-        "accuracy": correct_sum.sum() / max(count.sum(), 1),
-        "perplexity": math.exp(total),
-        "tokens": int(count.sum()),
-        "codebook_0": per[0],
-        "per_codebook": per,
-    }
+    return TrainingConfig(
+        output_dir=str(output_dir),
+        preset="custom" if spec.flat else PRESET[spec.model],
+        model_overrides={} if spec.flat else _overrides(spec, config),
+        max_frames=config.max_frames,
+        batch_size=config.batch_size,
+        learning_rate=config.learning_rate,
+        weight_decay=config.weight_decay,
+        adam_beta2=config.adam_beta2,
+        warmup_steps=max(1, round(config.warmup_fraction * steps)) if steps > 1 else 0,
+        max_steps=steps,
+        max_grad_norm=config.max_grad_norm,
+        eval_every=math.ceil(steps / config.eval_points),
+        eval_batch_size=EVAL_BATCH_SIZE,
+        eval_window=config.max_frames,
+        save_every=0,
+        save_final=False,
+        log_every=1,
+        report_to="none",
+        seed=spec.seed,
+        torch_threads=config.torch_threads,
+        progress=config.progress,
+    )
 
 
-def _evaluate(model: Any, spec: RunSpec, dataset: Any, config: ReproductionConfig) -> dict[str, Any]:
+def _fresh_model(spec: RunSpec, config: ReproductionConfig) -> torch.nn.Module | None:
+    """The model `train` is given: the flattened baseline (initialised from the seed); None for the frame models,
+    which `train` builds from their preset."""
+    if not spec.flat:
+        return None
+    torch.manual_seed(spec.seed)
+    return _flattened_model(spec, config)
+
+
+def _evaluation_seconds_per_batch(spec: RunSpec, config: ReproductionConfig, validation_set: Any) -> float:
+    """Seconds of one `evaluate_model` batch of a fresh model of ``spec`` on the first held-out files."""
+    from ..modeling_whisper_gpt import WhisperGPTForCausalLM
     from ..training.evaluation import evaluate_model
 
-    if spec.flat:
-        return _evaluate_flat(model, dataset, config.max_frames, config.codebook_size)
-    metrics = evaluate_model(model, dataset, window=config.max_frames, batch_size=8, progress=False)
-    metrics.pop("nll_by_context", None)
-    metrics.pop("tokens_by_context", None)
-    return metrics
-
-
-def _optimizer(model: torch.nn.Module, config: ReproductionConfig) -> torch.optim.Optimizer:
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=config.learning_rate, betas=(0.9, config.adam_beta2))
-
-
-def _loader(dataset: Any, config: ReproductionConfig, seed: int) -> tuple[Any, int]:
-    from ..training.data import EpochShuffleSampler, TrainingCrops, WhisperGPTDataCollator
-
-    crops = TrainingCrops(dataset, config.max_frames)
-    sampler = EpochShuffleSampler(len(crops), seed=seed)
-    collate = WhisperGPTDataCollator(max_frames=config.max_frames, random_crop=True, seed=seed)
-
-    def batches():
-        epoch = 0
-        while True:
-            sampler.set_epoch(epoch)
-            order = list(sampler)
-            for start in range(0, len(order) - config.batch_size + 1, config.batch_size):
-                yield collate([crops[key] for key in order[start : start + config.batch_size]])
-            if len(order) < config.batch_size:  # tiny corpora: a batch may repeat examples
-                yield collate([crops[order[i % len(order)]] for i in range(config.batch_size)])
-            epoch += 1
-
-    return batches(), len(crops)
-
-
-def _time_steps(spec: RunSpec, config: ReproductionConfig, train_set: Any, eval_batch: dict[str, torch.Tensor]) -> dict:
-    """Seconds per optimizer step (mean of ``timing_steps`` after one untimed step) and per evaluation batch."""
-    from ..modeling_whisper_gpt import WhisperGPTForCausalLM
-
-    torch.manual_seed(spec.seed)
-    cfg = _model_config(spec, config)
-    model = WhisperGPTForCausalLM(cfg).train()
-    optimizer = _optimizer(model, config)
-    batches, _ = _loader(train_set, config, seed=10_000 + spec.seed)
-    timings = []
-    for _ in range(config.timing_steps + 1):
-        batch = _model_inputs(next(batches), cfg, spec.flat, config.codebook_size)
-        started = time.perf_counter()
-        model(**batch, use_cache=False).loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        timings.append(time.perf_counter() - started)
-    model.eval()
-    inputs = _model_inputs(eval_batch, cfg, spec.flat, config.codebook_size)
-    inputs.pop("labels")
+    model = _flattened_model(spec, config) if spec.flat else WhisperGPTForCausalLM(_frame_config(spec, config))
+    files, windows = 0, 0
+    for frames in validation_set["num_frames"]:
+        files += 1
+        windows += math.ceil(frames / config.max_frames)
+        if windows >= EVAL_BATCH_SIZE:
+            break
+    subset = validation_set.select(range(files))
     started = time.perf_counter()
-    with torch.inference_mode():
-        model(**inputs, use_cache=False)
-    return {"step": float(np.mean(timings[1:])), "eval_batch": time.perf_counter() - started}
+    evaluate_model(model, subset, window=config.max_frames, batch_size=EVAL_BATCH_SIZE, progress=False)
+    return (time.perf_counter() - started) / math.ceil(windows / EVAL_BATCH_SIZE)
 
 
 def _train_run(
-    spec: RunSpec, config: ReproductionConfig, train_set: Any, validation_set: Any, steps: int, log_dir: Path
+    spec: RunSpec,
+    config: ReproductionConfig,
+    processor: Any,
+    train_set: Any,
+    validation_set: Any,
+    steps: int,
+    log_dir: Path,
 ) -> dict[str, Any]:
-    from transformers import get_cosine_schedule_with_warmup
+    """Train and evaluate one run with `whisper_gpt.training.loop.train`; its numbers for the report."""
+    from ..training.loop import train
 
-    from ..modeling_whisper_gpt import WhisperGPTForCausalLM
-
-    torch.manual_seed(spec.seed)
-    np.random.seed(spec.seed)
-    cfg = _model_config(spec, config)
-    model = WhisperGPTForCausalLM(cfg).train()
-    params = sum(p.numel() for p in model.parameters())
-    optimizer = _optimizer(model, config)
-    warmup = max(1, round(config.warmup_fraction * steps)) if steps > 1 else 0
-    scheduler = get_cosine_schedule_with_warmup(optimizer, warmup, steps)
-    batches, examples = _loader(train_set, config, seed=spec.seed)
-    eval_at = sorted({max(1, round(steps * (i + 1) / config.eval_points)) for i in range(config.eval_points)})
-    history, train_losses = [], []
-    train_seconds, frames_seen = 0.0, 0
-    eval_seconds = 0.0
-    log = (log_dir / f"{spec.domain}-{spec.name}-seed{spec.seed}.jsonl").open("w")
-    for step in range(1, steps + 1):
-        raw = next(batches)
-        batch = _model_inputs(raw, cfg, spec.flat, config.codebook_size)
-        started = time.perf_counter()
-        loss = model(**batch, use_cache=False).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        train_seconds += time.perf_counter() - started
-        frames_seen += int(raw["attention_mask"].sum())
-        train_losses.append(float(loss.detach()))
-        if step in eval_at:
-            started = time.perf_counter()
-            metrics = _evaluate(model, spec, validation_set, config)
-            eval_seconds += time.perf_counter() - started
-            record = {
+    output_dir = log_dir / f"{spec.domain}-{spec.name}-seed{spec.seed}"
+    summary = train(
+        _training_config(spec, config, steps, output_dir),
+        model=_fresh_model(spec, config),
+        processor=processor,
+        train_dataset=train_set,
+        validation_dataset=validation_set,
+    )
+    losses = [record["train/loss"] for record in summary["history"]]  # one per step (log_every=1)
+    history, previous = [], 0
+    for entry in summary["evaluations"]:
+        step, first = entry["step"], entry["validation"]["codebook_0"]
+        history.append(
+            {
                 "step": step,
-                "epoch": step * config.batch_size / examples,
-                "train_loss": float(np.mean(train_losses[-max(1, steps // config.eval_points) :])),
-                "nll": metrics["codebook_0"]["nll"],
-                "accuracy": metrics["codebook_0"]["accuracy"],
-                "nll_all_codebooks": metrics["nll"],
+                "epoch": entry["epoch"],
+                "train_loss": float(np.mean(losses[previous:step])),
+                "nll": first["nll"],
+                "accuracy": first["accuracy"],
+                "nll_all_codebooks": entry["validation"]["nll"],
             }
-            history.append(record)
-            log.write(json.dumps(record) + "\n")
-            log.flush()
-            logger.info("%s step %d/%d: validation codebook-0 NLL %.4f", spec.key, step, steps, record["nll"])
-    log.close()
-    k = cfg.num_codebooks if not spec.flat else CODEC_CODEBOOKS
+        )
+        previous = step
+        logger.info("%s step %d/%d: validation codebook-0 NLL %.4f", spec.key, step, steps, first["nll"])
+    metrics = summary["validation"]
     first = metrics["codebook_0"]
+    cfg = _frame_config(spec, config)
+    frames_per_second = summary["train_frames_per_second"]
     return {
         "name": spec.name,
         "domain": spec.domain,
         "model": spec.model,
         "seed": spec.seed,
-        "params": int(params),
+        "params": int(summary["num_parameters"]),
         "nll": float(first["nll"]),
         "accuracy": float(first["accuracy"]),
         "ppl": float(math.exp(first["nll"])),
         "nll_all_codebooks": float(metrics["nll"]),
         "per_codebook_nll": [float(entry["nll"]) for entry in metrics["per_codebook"]],
         "validation_tokens": int(first["tokens"]),
-        "steps": steps,
-        "epochs": steps * config.batch_size / examples,
-        "train_seconds": round(train_seconds, 2),
-        "eval_seconds": round(eval_seconds, 2),
-        "train_frames_per_second": frames_seen / train_seconds if train_seconds else None,
-        "train_tokens_per_second": frames_seen * k / train_seconds if train_seconds else None,
-        "num_codebooks": k,
+        "steps": summary["steps"],
+        "epochs": summary["epochs"],
+        "train_seconds": round(summary["train_seconds"], 2),
+        "eval_seconds": round(summary["evaluation_seconds"], 2),
+        "train_frames_per_second": frames_per_second,
+        "train_tokens_per_second": frames_per_second * cfg.num_codebooks if frames_per_second else None,
+        "num_codebooks": cfg.num_codebooks,
         "mel": spec.mel if cfg.use_spectrogram else None,
         "history": history,
     }
@@ -567,25 +566,22 @@ def _train_run(
 
 def _memory_probe(spec_json: str) -> None:
     """Subprocess entry: peak resident memory added by one training step (prints JSON)."""
+    from ..modeling_whisper_gpt import WhisperGPTForCausalLM
+    from ..training.loop import build_optimizer
+
     values = json.loads(spec_json)
     config = ReproductionConfig(**values["config"])
     spec = RunSpec(**values["spec"])
     torch.set_num_threads(1)
     torch.set_flush_denormal(True)
-    from ..modeling_whisper_gpt import WhisperGPTForCausalLM
-
-    cfg = _model_config(spec, config)
-    model = WhisperGPTForCausalLM(cfg).train()
-    optimizer = _optimizer(model, config)
+    model = _flattened_model(spec, config) if spec.flat else WhisperGPTForCausalLM(_frame_config(spec, config))
+    model.train()
+    optimizer = build_optimizer(model, config.learning_rate, config.weight_decay, config.adam_beta2)
     b, frames = config.batch_size, config.max_frames
     codes = torch.randint(0, config.codebook_size, (b, CODEC_CODEBOOKS, frames))
-    raw = {
-        "input_ids": codes,
-        "labels": codes.clone(),
-        "attention_mask": torch.ones(b, frames, dtype=torch.long),
-        "input_features": torch.randn(b, frames, cfg.num_mel_bins),
-    }
-    batch = _model_inputs(raw, cfg, spec.flat, config.codebook_size)
+    batch = {"input_ids": codes, "labels": codes.clone(), "attention_mask": torch.ones(b, frames, dtype=torch.long)}
+    if model.config.trains_on_mel_frames:
+        batch["input_features"] = torch.randn(b, frames, model.config.num_mel_bins)
     # Gradients and AdamW state first, without a forward pass: the high-water mark then grows only by what a
     # step needs on top of the weights and optimizer state (activations and temporaries).
     for parameter in model.parameters():
@@ -697,6 +693,8 @@ def run_reproduction(config: ReproductionConfig) -> dict[str, Any]:
     torch.set_flush_denormal(True)
     if config.ablation_domain not in DOMAINS:
         raise ValueError(f"ablation_domain must be one of {DOMAINS}, got {config.ablation_domain!r}.")
+    if config.eval_points < 1:
+        raise ValueError(f"eval_points must be at least 1, got {config.eval_points}.")
     output = Path(config.output_dir)
     output.mkdir(parents=True, exist_ok=True)
     log_dir = output / "logs"
@@ -731,8 +729,8 @@ def run_reproduction(config: ReproductionConfig) -> dict[str, Any]:
     main, ablations = plan_runs(config)
     runs = main + ablations
 
-    # Time every distinct model once, then allot one common step count to all runs.
-    from ..training.data import WhisperGPTDataCollator
+    # Time every distinct model once (a few steps of the training loop itself), then allot one common step count.
+    from ..training.loop import seconds_per_step
 
     mark = time.perf_counter()
     timing: dict[str, dict[str, float]] = {}
@@ -741,14 +739,20 @@ def run_reproduction(config: ReproductionConfig) -> dict[str, Any]:
         if kind in timing:
             continue
         train_set, val_set = data[spec.domain][spec.mel]
-        rows = val_set.with_format("numpy")
-        collate = WhisperGPTDataCollator(max_frames=config.max_frames, random_crop=False)
-        eval_batch = collate([rows[i % len(rows)] for i in range(8)])
-        timing[kind] = _time_steps(spec, config, train_set, eval_batch)
+        step = seconds_per_step(
+            _training_config(spec, config, config.timing_steps, log_dir),  # it runs in a temporary folder instead
+            config.timing_steps,
+            model=_fresh_model(spec, config),
+            processor=processor,
+            train_dataset=train_set,
+        )
+        timing[kind] = {"step": step, "eval_batch": _evaluation_seconds_per_batch(spec, config, val_set)}
     phases["timing"] = time.perf_counter() - mark
 
     eval_batches = {
-        domain: math.ceil(sum(math.ceil(n / config.max_frames) for n in data[domain]["causal"][1]["num_frames"]) / 8)
+        domain: math.ceil(
+            sum(math.ceil(n / config.max_frames) for n in data[domain]["causal"][1]["num_frames"]) / EVAL_BATCH_SIZE
+        )
         for domain in DOMAINS
     }
     per_step = sum(timing[_kind(spec)]["step"] for spec in runs)
@@ -774,7 +778,7 @@ def run_reproduction(config: ReproductionConfig) -> dict[str, Any]:
     for spec in runs:
         train_set, val_set = data[spec.domain][spec.mel]
         logger.info("training %s (%d steps)", spec.key, steps)
-        result = _train_run(spec, config, train_set, val_set, steps, log_dir)
+        result = _train_run(spec, config, processor, train_set, val_set, steps, log_dir)
         results[spec.key] = result
         with progress_file.open("a") as handle:
             handle.write(json.dumps(result) + "\n")
@@ -843,7 +847,7 @@ def _report(config, corpora, codec_stats, processor, timing, allotment, results,
                 "train_seconds": [r["train_seconds"] for r in runs],
                 "train_frames_per_second": float(np.mean([r["train_frames_per_second"] for r in runs])),
                 "history": {f"seed{r['seed']}": r["history"] for r in runs},
-                "paper": PAPER[domain][model],
+                "paper": paper_numbers(domain, model),
             }
         gain = [
             results[f"{domain}/gpt_s/seed{s}"]["nll"] - results[f"{domain}/hybrid/seed{s}"]["nll"] for s in config.seeds
@@ -1086,7 +1090,7 @@ def render_markdown(report: dict[str, Any], figures: list[Path]) -> str:
         per = ", ".join(f"{v:+.3f}" for v in g["by_seed"])
         lines.append(
             f"- {domain}: {per} (mean {g['mean']:+.3f}; paper "
-            f"{PAPER[domain]['hybrid']['nll'] - PAPER[domain]['gpt_s']['nll']:+.2f})"
+            f"{report[domain]['hybrid']['paper']['nll'] - report[domain]['gpt_s']['paper']['nll']:+.2f})"
         )
     lines += [
         "",
@@ -1181,7 +1185,7 @@ def findings(report: dict[str, Any]) -> list[str]:
             + ", ".join(f"{v:+.3f}" for v in gain["by_seed"])
             + f"; hybrid better in {wins} of {len(gain['by_seed'])} seeds; seed std GPT-S {s['nll_std']:.3f}, "
             f"hybrid {h['nll_std']:.3f}): {verdict}. Paper: "
-            f"{PAPER[domain]['hybrid']['nll'] - PAPER[domain]['gpt_s']['nll']:+.2f}. GPT-L - GPT-S = "
+            f"{h['paper']['nll'] - s['paper']['nll']:+.2f}. GPT-L - GPT-S = "
             f"{large['nll'] - s['nll']:+.3f} nats ({len(large['seeds'])} seed)."
         )
     steps, epochs = report["speech"]["gpt_s"]["steps"], report["speech"]["gpt_s"]["epochs"]
@@ -1340,11 +1344,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 __all__ = [
-    "PAPER",
+    "FlattenedCodebooks",
     "ReproductionConfig",
     "RunSpec",
     "add_arguments",
     "main",
+    "paper_numbers",
     "plan_runs",
     "register_cli",
     "render_markdown",

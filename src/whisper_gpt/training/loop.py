@@ -19,6 +19,10 @@ model; it must be divisible by the number of processes.
 
 Several CPU processes: ``accelerate launch --cpu --num_processes N`` (which by itself starts one process unless
 mpirun is set up; the script then starts the N processes with torchrun), or ``torchrun --nproc_per_node N``.
+
+The same loop serves ``whisper-gpt demo`` and ``whisper-gpt reproduce``: `train` also takes in-memory datasets and
+a ready-built model, runs without validation, checkpoints or final folder when told, and `seconds_per_step` times
+a few of its steps to turn a time budget into a step count. `build_optimizer` is the one optimizer factory.
 """
 
 from __future__ import annotations
@@ -33,15 +37,17 @@ import random
 import shlex
 import shutil
 import sys
+import tempfile
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
-from ..configuration_whisper_gpt import WhisperGPTConfig
+from ..configuration_whisper_gpt import PAPER_PRESETS, WhisperGPTConfig
 from ..modeling_whisper_gpt import WhisperGPTForCausalLM
 from ..processing_whisper_gpt import WhisperGPTProcessor
 from .data import EpochShuffleSampler, TrainingCrops, WhisperGPTDataCollator, build_processor, prepare_dataset
@@ -49,7 +55,7 @@ from .evaluation import evaluate_model, format_metrics
 
 logger = logging.getLogger(__name__)
 
-PRESETS = ("paper_hybrid", "paper_gpt_s", "paper_gpt_l", "custom")
+PRESETS = (*PAPER_PRESETS, "custom")
 CHECKPOINTS = "checkpoints"
 STATE_FILE = "trainer_state.json"
 METRICS_FILE = "metrics.jsonl"
@@ -58,10 +64,14 @@ FINAL_DIR = "final"
 
 @dataclass
 class TrainingConfig:
-    """Everything a training run needs. ``batch_size`` is global (split between processes)."""
+    """Everything a training run needs. ``batch_size`` is global (split between processes).
+
+    ``train_data`` may be None when `train` is given ``train_dataset`` (then a processor is required, here or
+    given to `train`, and validation needs ``validation_data`` or a ``validation_dataset``).
+    """
 
     output_dir: str
-    train_data: str
+    train_data: str | None = None
     validation_data: str | None = None  # used whole; default: the "validation" split of train_data
     processor: str | None = None  # a saved processor; None calibrates a local codec on the training audio
     preset: str = "paper_hybrid"
@@ -78,11 +88,13 @@ class TrainingConfig:
     stop_at_step: int | None = None  # end this run early with a checkpoint (e.g. a job time limit); --resume goes on
     max_grad_norm: float = 1.0
     mixed_precision: str = "no"
-    eval_every: int = 200
+    eval_every: int = 200  # 0: validate at the end only
+    validate: bool = True  # False: no validation at all (no validation data is read)
     eval_batch_size: int = 8
     eval_window: int | None = None
     save_every: int = 500
     save_total_limit: int = 2
+    save_final: bool = True  # write the Hub-ready folder OUTPUT_DIR/final when the run finishes
     log_every: int = 10
     report_to: str = "tensorboard"
     seed: int = 0
@@ -100,11 +112,12 @@ class TrainingConfig:
 
 
 def model_config(preset: str, overrides: dict[str, Any] | None = None) -> WhisperGPTConfig:
-    """A paper preset (``paper_hybrid``, ``paper_gpt_s``, ``paper_gpt_l``) or ``custom`` with ``overrides``."""
+    """A paper preset (a key of `whisper_gpt.configuration_whisper_gpt.PAPER_PRESETS`) or ``custom`` (the config
+    defaults), with ``overrides`` on top."""
     if preset not in PRESETS:
         raise ValueError(f"Unknown preset {preset!r}; choose one of {', '.join(PRESETS)}.")
     overrides = dict(overrides or {})
-    return WhisperGPTConfig(**overrides) if preset == "custom" else getattr(WhisperGPTConfig, preset)(**overrides)
+    return WhisperGPTConfig(**overrides) if preset == "custom" else WhisperGPTConfig.from_preset(preset, **overrides)
 
 
 def configure_torch(num_processes: int, threads: int | None = None) -> int:
@@ -219,25 +232,62 @@ def _processor_for(config: TrainingConfig, accelerator: Any, model_cfg: WhisperG
     return WhisperGPTProcessor.from_pretrained(str(target))
 
 
-def _optimizer(model: torch.nn.Module, config: TrainingConfig) -> torch.optim.Optimizer:
-    # Weight decay on matrices only: decaying biases and LayerNorm gains only pulls them away from their roles.
+def build_optimizer(
+    model: torch.nn.Module, learning_rate: float, weight_decay: float = 0.1, adam_beta2: float = 0.95
+) -> torch.optim.AdamW:
+    """The optimizer every training run of the package uses: AdamW with betas (0.9, ``adam_beta2``) and
+    ``weight_decay`` on the parameters of two or more dimensions (matrices, embeddings) only."""
+    if learning_rate <= 0:
+        raise ValueError(f"learning_rate must be positive, got {learning_rate}.")
+    if weight_decay < 0:
+        raise ValueError(f"weight_decay must be at least 0, got {weight_decay}.")
+    # Decaying biases and LayerNorm gains only pulls them away from their roles.
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=config.learning_rate, betas=(0.9, config.adam_beta2))
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=learning_rate, betas=(0.9, adam_beta2))
 
 
-def train(config: TrainingConfig) -> dict[str, Any]:
+def train(
+    config: TrainingConfig,
+    *,
+    model: torch.nn.Module | None = None,
+    processor: WhisperGPTProcessor | None = None,
+    train_dataset: Any = None,
+    validation_dataset: Any = None,
+) -> dict[str, Any]:
     """Train a model as ``config`` says; returns a summary (final metrics, history, timing, output folder).
 
     Runs in the current process or, launched with ``accelerate launch``, in each of several processes.
+
+    Args:
+        config: the run's settings.
+        model: a model to train instead of one built from ``config.preset`` and ``model_overrides`` (which must
+            then be ``"custom"`` and empty): a `WhisperGPTForCausalLM`, or a module with its ``config``,
+            ``validate_audio_tokenizer`` and forward (``loss``, ``mel_loss`` and, without labels, ``logits``
+            (B, K, L, V)); ``save_final`` needs its ``save_pretrained``. Its initialisation is the caller's.
+        processor: the processor (codec and feature extractor) to use instead of loading ``config.processor``
+            (which must then be None) or calibrating one.
+        train_dataset: a prepared dataset (the layout of `prepare_dataset`) to train on instead of
+            ``config.train_data``.
+        validation_dataset: a prepared dataset to validate on instead of ``config.validation_data`` or the
+            validation split of ``config.train_data``.
+
+    Returns:
+        ``steps``, ``finished``, ``num_parameters``; ``history`` (one record per ``log_every`` steps: loss,
+        learning rate, gradient norm, frames/s and seconds per step of that window); ``validation`` (the last
+        `evaluate_model` result, None without validation) and ``evaluations`` (every validation as ``step``,
+        ``epoch``, ``validation``); ``train_seconds`` (optimizer steps, data loading included),
+        ``evaluation_seconds``, ``seconds`` (the whole loop), ``train_frames``, ``train_frames_per_second``,
+        ``train_examples`` (crops per epoch) and ``epochs`` (fractional epochs trained); ``final_dir`` when a
+        final folder was written; the process layout.
     """
     from accelerate import Accelerator
     from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
     from tqdm.auto import tqdm
     from transformers import get_cosine_schedule_with_warmup
 
-    _check(config)
+    _check(config, model=model, processor=processor, train_dataset=train_dataset, validation_dataset=validation_dataset)
     output_dir = Path(config.output_dir)
     accelerator = Accelerator(
         # Without a GPU, Accelerate only forms a multi-process (gloo) group when told to run on the CPU.
@@ -257,15 +307,17 @@ def train(config: TrainingConfig) -> dict[str, Any]:
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
 
-    cfg = model_config(config.preset, config.model_overrides)
-    processor = _processor_for(config, accelerator, cfg)
+    cfg = model.config if model is not None else model_config(config.preset, config.model_overrides)
+    if processor is None:
+        processor = _processor_for(config, accelerator, cfg)
     if processor.feature_extractor.feature_size != cfg.num_mel_bins:
         raise ValueError(
             f"The processor makes {processor.feature_extractor.feature_size} mel bins but the model reads "
             f"{cfg.num_mel_bins}; set num_mel_bins={processor.feature_extractor.feature_size} or use a matching "
             "processor."
         )
-    model = WhisperGPTForCausalLM(cfg)
+    if model is None:
+        model = WhisperGPTForCausalLM(cfg)
     model.validate_audio_tokenizer(processor.audio_tokenizer)
     max_frames = config.max_frames or cfg.max_position_embeddings
     if max_frames > cfg.max_position_embeddings:
@@ -273,11 +325,14 @@ def train(config: TrainingConfig) -> dict[str, Any]:
 
     prepare = {"cache_dir": config.cache_dir, "num_proc": config.num_proc, "progress": config.progress}
     with accelerator.main_process_first():  # the main process encodes, the others read its cache
-        train_set = prepare_dataset(config.train_data, processor, split="train", **prepare)
+        train_set = train_dataset
+        if train_set is None:
+            train_set = prepare_dataset(config.train_data, processor, split="train", **prepare)
         # A separate validation folder is used whole; otherwise the validation split of the training data.
-        if config.validation_data:
+        validation_set = validation_dataset
+        if config.validate and validation_set is None and config.validation_data:
             validation_set = prepare_dataset(config.validation_data, processor, **prepare)
-        else:
+        elif config.validate and validation_set is None:
             validation_set = prepare_dataset(config.train_data, processor, split="validation", **prepare)
 
     crops = TrainingCrops(train_set, max_frames, pack=config.pack)
@@ -294,10 +349,11 @@ def train(config: TrainingConfig) -> dict[str, Any]:
         # checkpoints restore, or a resumed run (which creates its iterator at another time) would diverge.
         generator=torch.Generator().manual_seed(config.seed),
     )
-    optimizer = _optimizer(model, config)
+    optimizer = build_optimizer(model, config.learning_rate, config.weight_decay, config.adam_beta2)
     scheduler = get_cosine_schedule_with_warmup(optimizer, config.warmup_steps, config.max_steps)
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
     num_parameters = sum(p.numel() for p in accelerator.unwrap_model(model).parameters())
+    batches_per_epoch = len(loader)
 
     state = {"step": 0, "epoch": 0, "batches_in_epoch": 0}
     resume_from = _resume_path(config)
@@ -326,6 +382,7 @@ def train(config: TrainingConfig) -> dict[str, Any]:
     stop = min(config.max_steps, config.stop_at_step or config.max_steps)
     accumulation = config.gradient_accumulation_steps
     history: list[dict[str, Any]] = []
+    evaluations: list[dict[str, Any]] = []
     evaluation: dict[str, Any] | None = None
     bar = tqdm(
         total=config.max_steps,
@@ -335,9 +392,13 @@ def train(config: TrainingConfig) -> dict[str, Any]:
         disable=not (config.progress and accelerator.is_local_main_process),
     )
     started = time.perf_counter()
-    window_start, window_frames = time.perf_counter(), 0
+    # Step time counts the optimizer steps with their data loading; logging, validation and checkpoints are not in it.
+    train_seconds = evaluation_seconds = 0.0
+    train_frames = 0
+    window_seconds, window_steps, window_frames = 0.0, 0, 0
     model.train()
     while state["step"] < stop:
+        step_started = time.perf_counter()
         losses, mel_losses = [], []
         for micro in range(accumulation):
             batch = next(stream)
@@ -357,28 +418,34 @@ def train(config: TrainingConfig) -> dict[str, Any]:
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         state["step"] += 1
+        step_seconds = time.perf_counter() - step_started
+        train_seconds += step_seconds
+        window_seconds += step_seconds
+        window_steps += 1
         bar.update(1)
         step = state["step"]
         if step % config.log_every == 0 or step == stop:
             train_loss = float(accelerator.reduce(torch.stack(losses).mean(), reduction="mean"))
             frames = int(accelerator.reduce(torch.tensor(window_frames, device=accelerator.device), reduction="sum"))
-            elapsed = time.perf_counter() - window_start
+            train_frames += frames
             record = {
                 "step": step,
                 "epoch": state["epoch"],
                 "train/loss": train_loss,
                 "train/learning_rate": scheduler.get_last_lr()[0],
                 "train/grad_norm": float(grad_norm),
-                "train/frames_per_second": frames / elapsed if elapsed > 0 else None,
+                "train/frames_per_second": frames / window_seconds if window_seconds > 0 else None,
+                "train/seconds_per_step": window_seconds / window_steps,
             }
             if mel_losses:  # the mel head's L1, included in train/loss with weight mel_loss_weight
                 record["train/mel_loss"] = float(accelerator.reduce(torch.stack(mel_losses).mean(), reduction="mean"))
-            window_start, window_frames = time.perf_counter(), 0
+            window_seconds, window_steps, window_frames = 0.0, 0, 0
             history.append(record)
             log.write(record)
             accelerator.log({k: v for k, v in record.items() if v is not None and k != "step"}, step=step)
             bar.set_postfix(loss=f"{train_loss:.3f}")
-        if (config.eval_every and step % config.eval_every == 0) or step == config.max_steps:
+        if config.validate and ((config.eval_every and step % config.eval_every == 0) or step == config.max_steps):
+            evaluation_started = time.perf_counter()
             evaluation = evaluate_model(
                 model,
                 validation_set,
@@ -387,6 +454,9 @@ def train(config: TrainingConfig) -> dict[str, Any]:
                 accelerator=accelerator,
                 progress=config.progress,
             )
+            evaluation_seconds += time.perf_counter() - evaluation_started
+            epoch = state["epoch"] + state["batches_in_epoch"] / batches_per_epoch
+            evaluations.append({"step": step, "epoch": epoch, "validation": evaluation})
             log.write({"step": step, "validation": {k: v for k, v in evaluation.items() if k != "nll_by_context"}})
             accelerator.log(_flatten(evaluation, "validation"), step=step)
             accelerator.print(
@@ -407,13 +477,20 @@ def train(config: TrainingConfig) -> dict[str, Any]:
         "finished": state["step"] >= config.max_steps,
         "num_parameters": num_parameters,
         "seconds": seconds,
+        "train_seconds": train_seconds,
+        "evaluation_seconds": evaluation_seconds,
+        "train_frames": train_frames,
+        "train_frames_per_second": train_frames / train_seconds if train_seconds > 0 else None,
+        "train_examples": len(crops),
+        "epochs": state["epoch"] + state["batches_in_epoch"] / batches_per_epoch,
         "threads_per_process": threads,
         "num_processes": accelerator.num_processes,
         "is_main_process": accelerator.is_main_process,
         "history": history,
+        "evaluations": evaluations,
         "validation": evaluation,
     }
-    if summary["finished"]:
+    if summary["finished"] and config.save_final:
         summary["final_dir"] = str(output_dir / FINAL_DIR)
         if accelerator.is_main_process:
             save_final(accelerator.unwrap_model(model), processor, output_dir / FINAL_DIR, config, evaluation)
@@ -422,7 +499,73 @@ def train(config: TrainingConfig) -> dict[str, Any]:
     return summary
 
 
-def _check(config: TrainingConfig) -> None:
+def seconds_per_step(
+    config: TrainingConfig,
+    steps: int = 3,
+    *,
+    model: torch.nn.Module | None = None,
+    processor: WhisperGPTProcessor | None = None,
+    train_dataset: Any = None,
+) -> float:
+    """Mean wall-clock seconds of one optimizer step (data loading included) of the run ``config`` describes.
+
+    Runs `train` itself for ``steps + 1`` steps, with the run's model, data, batch and optimizer, into a temporary
+    folder and without validation, checkpoints or final folder; the first step pays for one-off allocations and is
+    not counted. ``model``, ``processor`` and ``train_dataset`` are passed to `train` (a given model is trained by
+    these steps: pass a fresh one). A run without a processor calibrates a codec first, which is not timed but costs.
+    """
+    if steps < 1:
+        raise ValueError(f"steps must be at least 1, got {steps}.")
+    with tempfile.TemporaryDirectory() as folder:
+        timing = dataclasses.replace(
+            config,
+            output_dir=folder,
+            max_steps=steps + 1,
+            stop_at_step=None,
+            warmup_steps=0,
+            validate=False,
+            save_every=0,
+            save_final=False,
+            log_every=1,
+            report_to="none",
+            resume=None,
+            progress=False,
+        )
+        summary = train(timing, model=model, processor=processor, train_dataset=train_dataset)
+    return float(np.mean([record["train/seconds_per_step"] for record in summary["history"][1:]]))
+
+
+def _check(
+    config: TrainingConfig,
+    *,
+    model: torch.nn.Module | None = None,
+    processor: WhisperGPTProcessor | None = None,
+    train_dataset: Any = None,
+    validation_dataset: Any = None,
+) -> None:
+    if train_dataset is None and not config.train_data:
+        raise ValueError("TrainingConfig.train_data is required unless train() is given a train_dataset.")
+    if processor is not None and config.processor:
+        raise ValueError("train() was given a processor and TrainingConfig.processor; give one of them.")
+    if processor is None and not config.processor and not config.train_data:
+        raise ValueError(
+            "Training on an in-memory dataset needs a processor (TrainingConfig.processor or train(processor=...)): "
+            "without one a codec is calibrated on the audio of train_data, and there is none."
+        )
+    if config.validate and validation_dataset is None and not (config.validation_data or config.train_data):
+        raise ValueError(
+            "Validation needs validation_data, train_data (its validation split) or a validation_dataset; "
+            "or set validate=False."
+        )
+    if model is not None and (config.preset != "custom" or config.model_overrides):
+        raise ValueError(
+            "train() was given a model, so the config's preset and model_overrides would be ignored: set "
+            "preset='custom' and leave model_overrides empty."
+        )
+    if model is not None and config.save_final and not hasattr(model, "save_pretrained"):
+        raise ValueError(
+            "save_final writes the model with save_pretrained, which this model lacks; set save_final=False."
+        )
     positive = {
         "batch_size": config.batch_size,
         "gradient_accumulation_steps": config.gradient_accumulation_steps,
@@ -485,16 +628,21 @@ def save_final(
         "mixed precision": config.mixed_precision,
         "seed": config.seed,
     }
+    data = config.dataset_description or config.train_data or "an in-memory dataset"
+    if config.validation_data:
+        evaluation_data = Path(config.validation_data).name
+    else:
+        evaluation_data = (
+            f"the validation split of {config.dataset_description or Path(config.train_data or data).name}"
+        )
     card = build_model_card(
         model,
         processor,
         metrics=metrics,
-        evaluation_data=f"the validation split of {config.dataset_description or Path(config.train_data).name}",
+        evaluation_data=evaluation_data,
         training_settings=settings,
         training_command=config.command,
-        training_description=(
-            f"Trained with `whisper_gpt.training` (Accelerate) on {config.dataset_description or config.train_data}."
-        ),
+        training_description=f"Trained with `whisper_gpt.training` (Accelerate) on {data}.",
     )
     card.save(folder / "README.md")
 
@@ -643,10 +791,12 @@ __all__ = [
     "PRESETS",
     "TrainingConfig",
     "add_arguments",
+    "build_optimizer",
     "configure_torch",
     "latest_checkpoint",
     "model_config",
     "register_cli",
     "save_final",
+    "seconds_per_step",
     "train",
 ]
