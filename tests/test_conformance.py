@@ -122,15 +122,22 @@ def test_config_output_flags_and_return_dict_are_honoured_and_call_kwargs_overri
     torch.testing.assert_close(overridden[0], as_dict[0], atol=0, rtol=0)
 
 
-@all_configs
-def test_tuple_output_holds_every_field_in_order(name) -> None:
-    model = build(WhisperGPTForCausalLM, name, attn_implementation="eager")
+@pytest.mark.parametrize(
+    ("name", "overrides", "fields"),
+    [
+        *[(name, {}, []) for name in CONFIGS],
+        ("hybrid_k1", {"use_mel_head": True}, ["mel_loss", "predicted_mel"]),
+    ],
+    ids=[*CONFIGS, "hybrid_k1_mel_head"],
+)
+def test_tuple_output_holds_every_field_in_order(name, overrides, fields) -> None:
+    model = build(WhisperGPTForCausalLM, name, attn_implementation="eager", **overrides)
     inputs = make_inputs(model.config)
     kwargs = {"labels": inputs["input_ids"], "use_cache": True, "output_hidden_states": True, "output_attentions": True}
     as_dict = model(**inputs, **kwargs)
     as_tuple = model(**inputs, **kwargs, return_dict=False)
-    assert list(as_dict.keys()) == ["loss", "logits", "cache", "hidden_states", "attentions"]
-    assert len(as_tuple) == 5
+    assert list(as_dict.keys()) == ["loss", "logits", "cache", "hidden_states", "attentions", *fields]
+    assert len(as_tuple) == 5 + len(fields)
     assert_same_structure(as_tuple, as_dict.to_tuple())
 
 
@@ -247,6 +254,13 @@ def test_shift_labels_give_the_same_loss_and_logits_as_labels(name) -> None:
     torch.testing.assert_close(shifted.logits[1], plain.logits[1], atol=1e-6, rtol=0)
     with pytest.raises(ValueError, match="not both"):
         model(**inputs, labels=labels, shift_labels=shift_labels)
+
+
+def test_shift_labels_are_refused_for_a_mel_head_which_learns_from_the_next_frame() -> None:
+    model = build(WhisperGPTForCausalLM, "hybrid_k1", use_mel_head=True)
+    inputs = make_inputs(model.config)
+    with pytest.raises(ValueError, match="train it with labels"):
+        model(**inputs, shift_labels=inputs["input_ids"])
 
 
 @all_configs
