@@ -353,6 +353,8 @@ def test_encode_rejects_bad_audio(tokenizer):
         tokenizer.encode_clips([np.zeros((2, 100), dtype=np.float32)])
     with pytest.raises(ValueError, match="batch_size"):
         tokenizer.encode_clips([np.zeros(100, dtype=np.float32)], batch_size=0)
+    with pytest.raises(ValueError, match="batch_size"):
+        next(tokenizer.embed_clips([np.zeros(100, dtype=np.float32)], batch_size=0))
 
 
 def test_decode_rejects_bad_codes(tokenizer):
