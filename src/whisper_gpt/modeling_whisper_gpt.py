@@ -8,6 +8,7 @@ Shapes: B batch, K codebooks, T frames, V codebook size, M mel bins, H hidden si
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -566,6 +567,14 @@ class WhisperGPTForCausalLM(WhisperGPTPreTrainedModel, WhisperGPTGenerationMixin
             self.mel_head = WhisperGPTMelHead(config)
         self.post_init()
         self.generation_config = default_generation_config(config)
+
+    def save_pretrained(self, save_directory: str | os.PathLike, *args: Any, **kwargs: Any) -> None:
+        """`PreTrainedModel.save_pretrained`; config.json's ``auto_map`` also names `WhisperGPTModel` for
+        ``AutoModel`` (transformers writes only the saved class's own Auto class), which loads from these weights."""
+        if self.is_remote_code():
+            base = f"{__name__.rsplit('.', 1)[-1]}.{WhisperGPTModel.__name__}"
+            self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), "AutoModel": base}
+        super().save_pretrained(save_directory, *args, **kwargs)
 
     def get_input_embeddings(self) -> nn.Embedding:
         return self.model.code_embeddings
