@@ -1,7 +1,8 @@
 """Training throughput: hybrid vs token-only (equal decoder) vs transformers' GPT-2 of the same shape.
 
 One training step = forward with labels, backward, AdamW step, zero_grad, on the same random batch of codes
-(B sequences of T frames) for every model. Paper sizes (K=1, codebook 0 only):
+(B sequences of T frames) for every model; the optimizer is the package's (`whisper_gpt.training.loop.build_optimizer`,
+GPT-2's too). Paper sizes (K=1, codebook 0 only):
 
 * ``hybrid``: `WhisperGPTConfig.paper_hybrid()` (GPT-S decoder 4 x 256 + 2 mel blocks of width 96), reading
   random log-mel frames beside the codes;
@@ -103,10 +104,10 @@ def training_step(model, optimizer, batch: dict[str, Any]):
 
 
 def _workload(name: str, batch_size: int, frames: int):
-    import torch
+    from whisper_gpt.training.loop import build_optimizer
 
     model = build_model(name, frames)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    optimizer = build_optimizer(model, learning_rate=1e-4)
     return model, training_step(model, optimizer, make_batch(name, batch_size, frames))
 
 
@@ -135,7 +136,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "batch_size": batch_size,
             "frames_per_sequence": frames,
             "audio_seconds_per_sequence": frames / 75.0,
-            "step": "forward with labels + backward + AdamW step + zero_grad; same random codes for every model",
+            "step": "forward with labels + backward + AdamW step (build_optimizer) + zero_grad; same random codes "
+            "for every model",
             "gpt2": "transformers.GPT2LMHeadModel, same width/depth/heads/MLP/vocab 1024, dropout 0, sdpa",
             "interleaved_repeats": repeats,
             "quick": bool(args.quick),

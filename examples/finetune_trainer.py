@@ -1,11 +1,14 @@
 """Fine-tune a saved Whisper-GPT model with `transformers.Trainer`.
 
     python examples/finetune_trainer.py MODEL_DIR DATA OUTPUT_DIR [--max-steps 200] [--learning-rate 2e-4]
+        [--weight-decay 0.1]
 
 MODEL_DIR is a folder written by `whisper-gpt train` (model + processor); DATA a folder of audio files, a built
 corpus or a prepared dataset. The model computes its loss from ``labels`` (the package's collator makes them), and
 evaluation reports NLL (nats per code), accuracy and perplexity through ``compute_metrics``; the logits are reduced
-to per-example sums as they are produced, so evaluation never holds them all.
+to per-example sums as they are produced, so evaluation never holds them all. The optimizer is the one
+``whisper-gpt train`` uses (`whisper_gpt.training.loop.build_optimizer`); the Trainer adds its warmup + cosine
+schedule.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from whisper_gpt import WhisperGPTForCausalLM, WhisperGPTProcessor
 from whisper_gpt.training import configure_torch
 from whisper_gpt.training.data import SlidingWindows, TrainingCrops, WhisperGPTDataCollator, prepare_dataset
 from whisper_gpt.training.evaluation import compute_metrics, preprocess_logits_for_metrics
+from whisper_gpt.training.loop import build_optimizer
 
 
 class _DropFeatures:
@@ -42,6 +46,7 @@ def finetune(
     *,
     max_steps: int = 200,
     learning_rate: float = 2e-4,
+    weight_decay: float = 0.1,
     batch_size: int = 8,
     max_frames: int | None = None,
     eval_steps: int = 100,
@@ -91,6 +96,7 @@ def finetune(
         data_collator=collator if model.config.trains_on_mel_frames else _DropFeatures(collator),
         compute_metrics=compute_metrics,
         preprocess_logits_for_metrics=preprocess_logits_for_metrics,
+        optimizers=(build_optimizer(model, learning_rate, weight_decay), None),
     )
     trainer.train()
     metrics = trainer.evaluate()
@@ -109,6 +115,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("output_dir")
     parser.add_argument("--max-steps", type=int, default=200)
     parser.add_argument("--learning-rate", type=float, default=2e-4)
+    parser.add_argument("--weight-decay", type=float, default=0.1)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-frames", type=int, default=None)
     parser.add_argument("--eval-steps", type=int, default=100)

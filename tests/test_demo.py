@@ -12,6 +12,7 @@ from conftest import tiny_config
 
 from whisper_gpt import WhisperGPTForCausalLM, WhisperGPTProcessor
 from whisper_gpt.apps.demo import run_demo
+from whisper_gpt.configuration_whisper_gpt import PAPER_RESULTS
 
 
 def test_demo_trains_both_models_on_both_domains_and_prints_the_table(tmp_path, capsys):
@@ -56,7 +57,15 @@ def test_demo_trains_both_models_on_both_domains_and_prints_the_table(tmp_path, 
         assert "| mel-from-codes head | no |" in card
         assert "whose encoder was trained to predict each frame's log-mel spectrum" in card
         assert 'codec\'s exemplar frame of its code (`mel_source="exemplar"`' in card
-    assert "2.52" in printed and "38.47%" in printed  # the paper's music hybrid numbers beside ours
+    assert "2.52" in printed and "38.47%" in printed and "12.43" in printed  # the paper's music hybrid numbers
+    for row in rows:
+        reported = PAPER_RESULTS["paper_hybrid" if row["model"].startswith("Whisper-GPT") else "paper_gpt_s"]
+        assert (row["paper_params"], row["paper_nll"], row["paper_accuracy"], row["paper_perplexity"]) == (
+            reported["params"],
+            reported[row["domain"]]["nll"],
+            reported[row["domain"]]["accuracy"],
+            reported[row["domain"]]["perplexity"],
+        )
     # The hybrid's mel stream is gated; the table says how open each gate ended.
     gates = {row["domain"]: row["mel_gate"] for row in rows if row["model"].startswith("Whisper-GPT")}
     assert all(-1.0 <= gate <= 1.0 for gate in gates.values())  # tanh(g)

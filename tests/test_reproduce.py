@@ -10,16 +10,22 @@ import torch
 from audio_folder import write_audio_folder
 from conftest import TINY_CODEBOOK_SIZE, TINY_MEL_BINS
 
+from whisper_gpt import WhisperGPTForCausalLM
 from whisper_gpt.apps.reproduce import (
     CODEC_CODEBOOKS,
+    FlattenedCodebooks,
     ReproductionConfig,
+    RunSpec,
     _flatten_batch,
+    _training_config,
     add_arguments,
     config_from_args,
     main,
+    paper_numbers,
     plan_runs,
     run_reproduction,
 )
+from whisper_gpt.configuration_whisper_gpt import PAPER_RESULTS, WhisperGPTConfig
 
 TINY = {
     "hidden_size": 16,
@@ -76,7 +82,9 @@ def test_report_structure_and_ranges(report):
             assert 0.0 <= row["accuracy"] <= 1.0
             assert math.isclose(row["ppl"], math.exp(row["nll"]), rel_tol=1e-6)
             assert row["nll_std"] >= 0 and len(row["nll_by_seed"]) == len(row["seeds"])
-            assert row["paper"]["nll"] > 0
+            preset = {"gpt_s": "paper_gpt_s", "gpt_l": "paper_gpt_l", "hybrid": "paper_hybrid"}[model]
+            assert row["paper"] == paper_numbers(domain, model)
+            assert row["paper"]["ppl"] == PAPER_RESULTS[preset][domain]["perplexity"]
             assert all(len(history) == 2 for history in row["history"].values())
         assert written[domain]["gpt_l"]["params"] > written[domain]["gpt_s"]["params"]
         assert written[domain]["hybrid"]["params"] > written[domain]["gpt_s"]["params"]
@@ -116,6 +124,70 @@ def test_second_run_reuses_codec_and_encoded_data(report, tmp_path):
     assert result["codec"]["calibration"]["reused"] is False
     cached = sorted((root / "out" / "cache").glob("encoded-*.npz"))
     assert cached  # the encoded data is cached for a rerun
+
+
+def test_every_run_goes_through_the_training_loop(report):
+    result, root = report
+    for key, run in result["runs"].items():
+        domain, name, seed = key.split("/")
+        folder = root / "out" / "logs" / f"{domain}-{name}-{seed}"
+        records = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+        assert [r["step"] for r in records if "validation" in r] == [1, 2]  # eval_points=2 of 2 steps
+        assert [r["step"] for r in records if "train/loss" in r] == [1, 2]
+        last = next(r for r in reversed(records) if "validation" in r)["validation"]
+        assert last["codebook_0"]["nll"] == pytest.approx(run["nll"])
+        assert not (folder / "final").exists() and not (folder / "checkpoints").exists()
+
+
+def test_runs_of_a_comparison_share_steps_data_order_and_schedule(tmp_path):
+    config = ReproductionConfig(max_steps=40, eval_points=4)
+    specs = [
+        RunSpec("gpt_s", "speech", "gpt_s", 1),
+        RunSpec("hybrid", "speech", "hybrid", 1),
+        RunSpec("flat8_gpt_s", "speech", "gpt_s", 1, flat=True),
+    ]
+    settings = [vars(_training_config(spec, config, 40, tmp_path)) for spec in specs]
+    model_fields = {"preset", "model_overrides"}
+    for other in settings[1:]:
+        assert {k: v for k, v in other.items() if k not in model_fields} == {
+            k: v for k, v in settings[0].items() if k not in model_fields
+        }
+    first = settings[0]
+    assert first["max_steps"] == 40 and first["seed"] == 1 and first["eval_every"] == 10 and first["warmup_steps"] == 2
+    assert not first["save_final"] and first["save_every"] == 0
+    assert settings[2]["preset"] == "custom" and settings[2]["model_overrides"] == {}  # given as a ready model
+
+
+def test_flattened_model_scores_each_code_over_its_codebook():
+    size, frames = 5, 3
+    lm = WhisperGPTForCausalLM(
+        WhisperGPTConfig.paper_gpt_s(
+            codebook_size=CODEC_CODEBOOKS * size,
+            max_position_embeddings=CODEC_CODEBOOKS * frames,
+            hidden_size=16,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=32,
+        )
+    )
+    model = FlattenedCodebooks(lm, frames)
+    assert model.config.num_codebooks == CODEC_CODEBOOKS and model.config.codebook_size == size
+    assert model.config.max_position_embeddings == frames and not model.config.trains_on_mel_frames
+    codes = torch.randint(0, size, (2, CODEC_CODEBOOKS, frames), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones(2, frames, dtype=torch.long)
+    flat = _flatten_batch({"input_ids": codes, "attention_mask": mask, "labels": codes}, size)
+    with torch.no_grad():
+        token_logits = lm(input_ids=flat["input_ids"], attention_mask=flat["attention_mask"]).logits[:, 0]
+        logits = model(input_ids=codes, attention_mask=mask).logits
+        loss = model(input_ids=codes, attention_mask=mask, labels=codes).loss
+        expected_loss = lm(**flat).loss
+    assert logits.shape == (2, CODEC_CODEBOOKS, frames, size)
+    for c in range(CODEC_CODEBOOKS):
+        for t in range(frames - 1):  # frame t + 1's code c, predicted by the token before it, over codebook c
+            torch.testing.assert_close(logits[:, c, t], token_logits[:, 8 * t + 7 + c, c * size : (c + 1) * size])
+    torch.testing.assert_close(loss, expected_loss)
+    with pytest.raises(ValueError, match="8 codebooks side by side"):
+        FlattenedCodebooks(WhisperGPTForCausalLM(WhisperGPTConfig.paper_gpt_s(codebook_size=12, hidden_size=16)), 3)
 
 
 def test_flatten_batch_interleaves_codebooks():

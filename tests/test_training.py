@@ -18,10 +18,12 @@ from audio_folder import write_audio_folder
 from conftest import tiny_config
 from safetensors.torch import load_file
 
-from whisper_gpt import WhisperGPTForCausalLM, WhisperGPTProcessor
+from whisper_gpt import WhisperGPTConfig, WhisperGPTForCausalLM, WhisperGPTProcessor
+from whisper_gpt.configuration_whisper_gpt import PAPER_PRESETS, PAPER_RESULTS
 from whisper_gpt.training import TrainingConfig, latest_checkpoint, train
 from whisper_gpt.training.data import prepare_dataset
 from whisper_gpt.training.evaluation import evaluate_model
+from whisper_gpt.training.loop import PRESETS, build_optimizer, model_config, seconds_per_step
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {
@@ -214,3 +216,89 @@ def test_bad_training_settings_are_refused(setup):
         train(_config(setup, "bad", resume="latest"))
     with pytest.raises(ValueError, match="warmup_steps"):
         train(_config(setup, "bad", warmup_steps=100))
+
+
+def _prepared(setup: Path, split: str):
+    processor = WhisperGPTProcessor.from_pretrained(setup / "processor")
+    return processor, prepare_dataset(
+        setup / "audio", processor, split=split, cache_dir=setup / "cache", progress=False
+    )
+
+
+def test_in_memory_datasets_and_processor_train_the_same_model(setup, trained):
+    processor, train_set = _prepared(setup, "train")
+    _, validation_set = _prepared(setup, "validation")
+    config = _config(setup, "in-memory", train_data=None, processor=None, save_final=False)
+    summary = train(config, processor=processor, train_dataset=train_set, validation_dataset=validation_set)
+    # The same data, seed and settings as the folder-based run: the same losses and validation numbers.
+    assert [r["train/loss"] for r in summary["history"]] == [r["train/loss"] for r in trained["history"]]
+    assert summary["validation"]["nll"] == pytest.approx(trained["validation"]["nll"], abs=1e-9)
+    assert [entry["step"] for entry in summary["evaluations"]] == [3, 6]
+    assert summary["evaluations"][-1]["validation"] == summary["validation"]
+    assert summary["finished"] and "final_dir" not in summary and not (setup / "in-memory" / "final").exists()
+    assert not (setup / "in-memory" / "checkpoints").exists()
+    assert summary["train_seconds"] > 0 and summary["evaluation_seconds"] > 0
+    assert summary["train_seconds"] + summary["evaluation_seconds"] <= summary["seconds"]
+    assert summary["train_frames_per_second"] == pytest.approx(summary["train_frames"] / summary["train_seconds"])
+    assert all(r["train/seconds_per_step"] > 0 for r in summary["history"])
+    assert summary["epochs"] == pytest.approx(6 * 4 / (summary["train_examples"] // 4 * 4))
+
+
+def test_a_given_model_is_trained_without_validation(setup):
+    _, train_set = _prepared(setup, "train")
+    model = WhisperGPTForCausalLM(tiny_config())
+    before = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    config = _config(setup, "given-model", model_overrides={}, validate=False, max_steps=2, warmup_steps=0)
+    summary = train(config, model=model, train_dataset=train_set)
+    assert summary["validation"] is None and summary["evaluations"] == []
+    assert summary["num_parameters"] == sum(p.numel() for p in model.parameters())
+    assert any(not torch.equal(before[name], tensor) for name, tensor in model.state_dict().items())
+    assert WhisperGPTForCausalLM.from_pretrained(summary["final_dir"]).config.hidden_size == model.config.hidden_size
+    assert "eval_results.json" not in {path.name for path in Path(summary["final_dir"]).iterdir()}
+
+
+def test_seconds_per_step_times_the_loop_and_leaves_no_files(setup):
+    seconds = seconds_per_step(_config(setup, "timed"), steps=2)
+    assert 0 < seconds < 60
+    assert not (setup / "timed").exists()  # it trains in a temporary folder
+    with pytest.raises(ValueError, match="steps"):
+        seconds_per_step(_config(setup, "timed"), steps=0)
+
+
+def test_in_memory_settings_that_cannot_work_are_refused(setup):
+    processor, train_set = _prepared(setup, "train")
+    with pytest.raises(ValueError, match="train_data is required"):
+        train(_config(setup, "refused", train_data=None))
+    with pytest.raises(ValueError, match="needs a processor"):
+        train(_config(setup, "refused", train_data=None, processor=None), train_dataset=train_set)
+    with pytest.raises(ValueError, match="give one of them"):
+        train(_config(setup, "refused"), processor=processor)
+    with pytest.raises(ValueError, match="Validation needs"):
+        train(_config(setup, "refused", train_data=None), train_dataset=train_set)
+    with pytest.raises(ValueError, match="preset='custom'"):
+        train(_config(setup, "refused"), model=WhisperGPTForCausalLM(tiny_config()))
+    assert not (setup / "refused").exists()  # refused before anything is written
+
+
+def test_build_optimizer_decays_matrices_only():
+    model = WhisperGPTForCausalLM(tiny_config())
+    optimizer = build_optimizer(model, 3e-4, weight_decay=0.05, adam_beta2=0.9)
+    decay, no_decay = optimizer.param_groups
+    assert decay["weight_decay"] == 0.05 and no_decay["weight_decay"] == 0.0
+    assert all(p.dim() >= 2 for p in decay["params"]) and all(p.dim() < 2 for p in no_decay["params"])
+    assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
+    assert optimizer.defaults["lr"] == 3e-4 and optimizer.defaults["betas"] == (0.9, 0.9)
+    with pytest.raises(ValueError, match="learning_rate"):
+        build_optimizer(model, 0.0)
+
+
+def test_presets_come_from_the_paper_table():
+    assert set(PAPER_PRESETS) == set(PAPER_RESULTS) and PRESETS == (*PAPER_PRESETS, "custom")
+    for preset, reported in PAPER_RESULTS.items():
+        assert {"speech", "music"} <= set(reported) and reported["params"] > 0
+        assert model_config(preset).to_dict() == getattr(WhisperGPTConfig, preset)().to_dict()
+    large = model_config("paper_gpt_l", {"num_hidden_layers": 2})
+    assert large.hidden_size == 512 and large.num_hidden_layers == 2 and not large.use_spectrogram
+    assert WhisperGPTConfig(hidden_size=64, use_spectrogram=False).hidden_size == 64  # flat keyword arguments
+    with pytest.raises(ValueError, match="Unknown preset"):
+        WhisperGPTConfig.from_preset("gpt_xl")

@@ -2,12 +2,13 @@
 
 1. builds a small real speech corpus and a small real music corpus (`whisper_gpt.apps.corpus.build_corpus`),
 2. builds one local EnCodec on training audio of both (no trained codec can be downloaded here): its encoder is
-   fitted to predict each frame's log-mel (`WhisperGPTAudioTokenizer.fit_encoder_to_mel`, about 3 minutes), so
-   the codes are spectral prototypes a language model learns quickly, then its codebooks are calibrated by k-means
-   and it keeps one real log-mel frame per codebook-0 code (`WhisperGPTAudioTokenizer.fit_mel_exemplars`),
+   fitted to predict each frame's log-mel (`whisper_gpt.training.codec_fitting.fit_encoder_to_mel`), so the codes
+   are spectral prototypes a language model learns quickly, then its codebooks are calibrated by k-means and it
+   keeps one real log-mel frame per codebook-0 code (`whisper_gpt.training.codec_fitting.fit_mel_exemplars`),
 3. encodes both corpora with `datasets` (cached),
 4. trains the paper's hybrid Whisper-GPT and token-only GPT-S for ``minutes`` each per domain (the two models of a
-   domain train at the same time, one CPU core each) on crops of ``max_frames``, with short files packed into full
+   domain train at the same time, one CPU core each; `whisper_gpt.training.loop.seconds_per_step` turns the minutes
+   into each model's step count) on crops of ``max_frames``, with short files packed into full
    crops (most speech files are single words of about a second: unpacked, a crop is mostly padding and the model
    never sees one word end and the next begin),
 5. prints the paper-style table (parameters, NLL, accuracy, perplexity on each domain's held-out files, with the
@@ -373,7 +374,7 @@ def run_demo(
     mark = time.perf_counter()
     processor_dir = out / "processor"
     if not (processor_dir / "audio_tokenizer").is_dir():
-        # Nothing else runs while the codec is fitted: every core works on it (1.7x faster on 2 cores).
+        # Nothing else runs while the codec is fitted, so every core works on it.
         configure_torch(num_processes=1, threads=len(os.sched_getaffinity(0)))
         reference = WhisperGPTConfig(**overrides)
         processor, stats = build_processor(

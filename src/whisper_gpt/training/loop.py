@@ -307,7 +307,11 @@ def train(
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
 
-    cfg = model.config if model is not None else model_config(config.preset, config.model_overrides)
+    if model is None:
+        # Built right after seeding, before a codec is loaded or calibrated (which draws from the same RNG), so
+        # the initialisation depends on the seed alone.
+        model = WhisperGPTForCausalLM(model_config(config.preset, config.model_overrides))
+    cfg = model.config
     if processor is None:
         processor = _processor_for(config, accelerator, cfg)
     if processor.feature_extractor.feature_size != cfg.num_mel_bins:
@@ -316,8 +320,6 @@ def train(
             f"{cfg.num_mel_bins}; set num_mel_bins={processor.feature_extractor.feature_size} or use a matching "
             "processor."
         )
-    if model is None:
-        model = WhisperGPTForCausalLM(cfg)
     model.validate_audio_tokenizer(processor.audio_tokenizer)
     max_frames = config.max_frames or cfg.max_position_embeddings
     if max_frames > cfg.max_position_embeddings:
