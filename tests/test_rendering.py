@@ -103,7 +103,7 @@ def test_learned_mel_generation_needs_no_codec_and_matches_without_cache(tiny_pr
     torch.manual_seed(0)
     model = WhisperGPTForCausalLM(tiny_config(use_mel_head=True, use_spectrogram=use_spectrogram)).eval()
     batch = tiny_processor(audio=[real_like_audio(0.2), real_like_audio(0.1, seed=1)], sampling_rate=24000)
-    kwargs = dict(mel_source="learned", max_new_tokens=12, return_dict_in_generate=True)
+    kwargs = dict(mel_source="learned", max_new_tokens=12, return_dict_in_generate=True, do_sample=False)
     cached = model.generate(**batch, **kwargs)  # no audio_tokenizer: the mel head makes the mel frames
     recomputed = model.generate(**batch, use_cache=False, **kwargs)
     torch.testing.assert_close(cached.sequences, recomputed.sequences, atol=0, rtol=0)
@@ -151,7 +151,7 @@ def test_pipeline_renders_mel_frames_when_the_decoder_is_not_trained(tiny_proces
     model = WhisperGPTForCausalLM(tiny_config(use_mel_head=True)).eval()
     pipe = pipeline("audio-continuation", model=model, processor=tiny_processor)
     audio = real_like_audio(0.3)
-    kwargs = dict(sampling_rate=24000, max_new_seconds=0.2, return_prompt=False)
+    kwargs = dict(sampling_rate=24000, max_new_seconds=0.2, return_prompt=False, do_sample=False)
     auto = pipe(audio, **kwargs)["audio"]
     mel = pipe(audio, renderer="mel", **kwargs)["audio"]
     codec = pipe(audio, renderer="codec", **kwargs)["audio"]
