@@ -347,15 +347,14 @@ def _overrides(spec: RunSpec, config: ReproductionConfig) -> dict[str, Any]:
     }
 
 
-def _frame_config(spec: RunSpec, config: ReproductionConfig) -> Any:
-    """The model's config as the training loop and `evaluate_model` see it (frames of ``num_codebooks`` codes)."""
+def _model(spec: RunSpec, config: ReproductionConfig) -> torch.nn.Module:
+    """A fresh model of ``spec``: its preset with the overrides, or the flattened baseline."""
+    from ..modeling_whisper_gpt import WhisperGPTForCausalLM
     from ..training.loop import model_config
 
-    cfg = model_config(PRESET[spec.model], _overrides(spec, config))
     if spec.flat:
-        cfg.num_codebooks = CODEC_CODEBOOKS
-        cfg.use_spectrogram = False
-    return cfg
+        return _flattened_model(spec, config)
+    return WhisperGPTForCausalLM(model_config(PRESET[spec.model], _overrides(spec, config)))
 
 
 def _flattened_model(spec: RunSpec, config: ReproductionConfig) -> FlattenedCodebooks:
@@ -426,7 +425,9 @@ class FlattenedCodebooks(torch.nn.Module):
         from ..modeling_whisper_gpt import WhisperGPTCausalLMOutput
 
         if attention_mask is None:
-            attention_mask = torch.ones(input_ids.shape[0], input_ids.shape[-1], dtype=torch.long)
+            attention_mask = torch.ones(
+                input_ids.shape[0], input_ids.shape[-1], dtype=torch.long, device=input_ids.device
+            )
         frames = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
         output = self.lm(**_flatten_batch(frames, self.codebook_size), use_cache=use_cache)
         if labels is not None:
@@ -484,10 +485,9 @@ def _fresh_model(spec: RunSpec, config: ReproductionConfig) -> torch.nn.Module |
 
 def _evaluation_seconds_per_batch(spec: RunSpec, config: ReproductionConfig, validation_set: Any) -> float:
     """Seconds of one `evaluate_model` batch of a fresh model of ``spec`` on the first held-out files."""
-    from ..modeling_whisper_gpt import WhisperGPTForCausalLM
     from ..training.evaluation import evaluate_model
 
-    model = _flattened_model(spec, config) if spec.flat else WhisperGPTForCausalLM(_frame_config(spec, config))
+    model = _model(spec, config)
     files, windows = 0, 0
     for frames in validation_set["num_frames"]:
         files += 1
@@ -510,7 +510,7 @@ def _train_run(
     log_dir: Path,
 ) -> dict[str, Any]:
     """Train and evaluate one run with `whisper_gpt.training.loop.train`; its numbers for the report."""
-    from ..training.loop import train
+    from ..training.loop import model_config, train
 
     output_dir = log_dir / f"{spec.domain}-{spec.name}-seed{spec.seed}"
     summary = train(
@@ -538,7 +538,8 @@ def _train_run(
         logger.info("%s step %d/%d: validation codebook-0 NLL %.4f", spec.key, step, steps, first["nll"])
     metrics = summary["validation"]
     first = metrics["codebook_0"]
-    cfg = _frame_config(spec, config)
+    num_codebooks = len(metrics["per_codebook"])
+    reads_mel = not spec.flat and model_config(PRESET[spec.model], _overrides(spec, config)).use_spectrogram
     frames_per_second = summary["train_frames_per_second"]
     return {
         "name": spec.name,
@@ -557,16 +558,15 @@ def _train_run(
         "train_seconds": round(summary["train_seconds"], 2),
         "eval_seconds": round(summary["evaluation_seconds"], 2),
         "train_frames_per_second": frames_per_second,
-        "train_tokens_per_second": frames_per_second * cfg.num_codebooks if frames_per_second else None,
-        "num_codebooks": cfg.num_codebooks,
-        "mel": spec.mel if cfg.use_spectrogram else None,
+        "train_tokens_per_second": frames_per_second * num_codebooks if frames_per_second else None,
+        "num_codebooks": num_codebooks,
+        "mel": spec.mel if reads_mel else None,
         "history": history,
     }
 
 
 def _memory_probe(spec_json: str) -> None:
     """Subprocess entry: peak resident memory added by one training step (prints JSON)."""
-    from ..modeling_whisper_gpt import WhisperGPTForCausalLM
     from ..training.loop import build_optimizer
 
     values = json.loads(spec_json)
@@ -574,8 +574,7 @@ def _memory_probe(spec_json: str) -> None:
     spec = RunSpec(**values["spec"])
     torch.set_num_threads(1)
     torch.set_flush_denormal(True)
-    model = _flattened_model(spec, config) if spec.flat else WhisperGPTForCausalLM(_frame_config(spec, config))
-    model.train()
+    model = _model(spec, config).train()
     optimizer = build_optimizer(model, config.learning_rate, config.weight_decay, config.adam_beta2)
     b, frames = config.batch_size, config.max_frames
     codes = torch.randint(0, config.codebook_size, (b, CODEC_CODEBOOKS, frames))
