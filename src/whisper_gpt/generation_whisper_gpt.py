@@ -527,10 +527,11 @@ class WhisperGPTGenerationMixin(GenerationMixin):
         for criterion in criteria:
             if type(criterion) is MaxLengthCriteria and criterion.max_length == config.max_length:
                 criterion.max_position_embeddings = None  # the context slides: a long sequence is no warning
-        max_new = min(c.max_length for c in criteria if isinstance(c, MaxLengthCriteria)) - length
+        max_length = min(c.max_length for c in criteria if isinstance(c, MaxLengthCriteria))  # a user's may be less
+        max_new = max_length - length
         if max_new < 1:
             raise ValueError(
-                f"max_length={config.max_length} frames leaves no room after the prompt's {length} frames; pass "
+                f"max_length={max_length} frames leaves no room after the prompt's {length} frames; pass "
                 "max_new_tokens (the number of frames to add, 75 per second)."
             )
         min_new = max(config.min_new_tokens or 0, (config.min_length or 0) - length)
