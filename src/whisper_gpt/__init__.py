@@ -15,7 +15,14 @@ from transformers.pipelines import PIPELINE_REGISTRY
 
 from .configuration_whisper_gpt import WhisperGPTConfig
 from .feature_extraction_whisper_gpt import WhisperGPTFeatureExtractor
-from .generation_whisper_gpt import WhisperGPTGenerateOutput
+from .generation_whisper_gpt import (
+    CodecMelSource,
+    ExemplarMelSource,
+    LearnedMelSource,
+    MelFrameSource,
+    WhisperGPTGenerateOutput,
+    default_mel_source,
+)
 from .modeling_whisper_gpt import WhisperGPTForCausalLM, WhisperGPTModel, WhisperGPTPreTrainedModel
 from .pipeline_whisper_gpt import TASK, AudioContinuationPipeline, WhisperGPTAudioStreamer
 from .processing_whisper_gpt import WhisperGPTProcessor
@@ -38,6 +45,10 @@ PIPELINE_REGISTRY.register_pipeline(TASK, pipeline_class=AudioContinuationPipeli
 
 __all__ = [
     "AudioContinuationPipeline",
+    "CodecMelSource",
+    "ExemplarMelSource",
+    "LearnedMelSource",
+    "MelFrameSource",
     "WhisperGPTAudioStreamer",
     "WhisperGPTAudioTokenizer",
     "WhisperGPTConfig",
@@ -47,5 +58,6 @@ __all__ = [
     "WhisperGPTModel",
     "WhisperGPTPreTrainedModel",
     "WhisperGPTProcessor",
+    "default_mel_source",
     "small_encodec_config",
 ]

@@ -137,7 +137,7 @@ class CodecMelSource(MelFrameSource):
 
         def next_frame(new_codes: torch.Tensor, window_codes: torch.Tensor, window_mask: torch.Tensor) -> torch.Tensor:
             nonlocal recent
-            new_audio = decoder.step(new_codes[:, :, None].to(recent.device))
+            new_audio = decoder.step(new_codes[:, :, None].to(recent.device), check_values=False)  # sampled: in range
             recent = torch.cat([recent, new_audio], dim=-1)[:, -samples_needed:]
             return feature_extractor.causal_log_mel(recent)[:, -1:].to(model.device, model.dtype)
 

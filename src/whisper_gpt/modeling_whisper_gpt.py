@@ -498,12 +498,15 @@ class WhisperGPTModel(WhisperGPTPreTrainedModel):
         codes (B, K, T), input_features (B, T, M) (hybrid) or None, attention_mask (B, past + T) or None,
         position_ids (B, T) -> last_hidden_state (B, T, H)."""
         hidden = self.embed_codes(codes)  # (B, T, H)
+        # Skipping a plain causal mask (SDPA's is_causal) is decided by reading the padding mask, a host sync; a
+        # single new frame gains nothing from it, so decoding steps always build their (B, 1, 1, past + 1) mask.
         mask = create_causal_mask(
             config=self.config,
             inputs_embeds=hidden,
             attention_mask=attention_mask,
             cache=cache,
             position_ids=position_ids,
+            allow_is_causal_skip=codes.shape[-1] > 1,
         )
         if self.config.use_spectrogram:
             if cache is not None:

@@ -569,7 +569,7 @@ class WhisperGPTAudioTokenizer:
             audio = torch.cat(audio)[:, self.silence_frames * self.hop_length :]
         return audio.float().to(output_device)
 
-    def _check_codes(self, codes: torch.Tensor | np.ndarray) -> torch.Tensor:
+    def _check_codes(self, codes: torch.Tensor | np.ndarray, check_values: bool = True) -> torch.Tensor:
         if not isinstance(codes, torch.Tensor):
             codes = torch.as_tensor(np.asarray(codes))
         if codes.dtype == torch.bool or codes.is_floating_point() or codes.is_complex():
@@ -587,7 +587,7 @@ class WhisperGPTAudioTokenizer:
                 f"1 to {self.num_codebooks} at {self.bandwidth} kbps. Pass codes[:, :{self.num_codebooks}], "
                 "or load it with a higher bandwidth."
             )
-        if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= self.codebook_size):
+        if check_values and codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= self.codebook_size):
             raise ValueError(
                 f"codes range from {int(codes.min())} to {int(codes.max())}; valid codes are 0 to "
                 f"{self.codebook_size - 1}. Remove special tokens (padding, BOS) before decoding."
@@ -750,11 +750,13 @@ class EncodecStreamingDecoder:
         return audio[:, silence_frames * self.hop_length :]
 
     @torch.inference_mode()
-    def step(self, codes: torch.Tensor) -> torch.FloatTensor:
-        """Decode the next frames (B, K, n) of the stream; returns their audio (B, n * hop)."""
+    def step(self, codes: torch.Tensor, check_values: bool = True) -> torch.FloatTensor:
+        """Decode the next frames (B, K, n) of the stream; returns their audio (B, n * hop).
+
+        ``check_values=False`` skips the code-range check (a host sync), for codes a model has just sampled."""
         if self._shape is None:
             raise ValueError("Call start(prompt_codes) before step(): the stream has no state yet.")
-        codes = self.tokenizer._check_codes(codes).to(self.tokenizer.device)
+        codes = self.tokenizer._check_codes(codes, check_values).to(self.tokenizer.device)
         if (codes.shape[0], codes.shape[1]) != self._shape:
             raise ValueError(
                 f"The stream was started with batch size {self._shape[0]} and {self._shape[1]} codebooks; got "
