@@ -84,9 +84,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     repeats = args.repeats or (1 if args.quick else 2)
     tokenizer = random_weight_codec(args.quick)
     processor = WhisperGPTProcessor(WhisperGPTFeatureExtractor(), tokenizer)
-    exemplars = hasattr(tokenizer, "fit_mel_exemplars")
+    try:
+        from whisper_gpt.training.codec_fitting import fit_mel_exemplars
+    except ImportError:  # a revision from before codec fitting left the tokenizer
+        fit_mel_exemplars = getattr(type(tokenizer), "fit_mel_exemplars", None)
+    exemplars = fit_mel_exemplars is not None
     if exemplars:  # the look-up costs the same whatever the frames; 10 s of audio fills the table
-        tokenizer.fit_mel_exemplars([synthetic_audio(10.0, seed=99)], processor.feature_extractor)
+        fit_mel_exemplars(tokenizer, [synthetic_audio(10.0, seed=99)], processor.feature_extractor)
     models = build_models(args.quick, exemplars)
     generate_parameters = inspect.signature(next(iter(models.values())).generate).parameters
     has_mel_source = "mel_source" in generate_parameters
