@@ -621,11 +621,8 @@ def _measure_memory(spec: RunSpec, config: ReproductionConfig) -> dict[str, floa
 
 
 def remeasure_memory(docs_dir: str | os.PathLike = "docs") -> dict[str, Any]:
-    """Re-run the memory probe with the settings stored in ``DOCS_DIR/results.json`` and rewrite the report.
-
-    The probe of the first committed run read ``ru_maxrss``, which a child process inherits from its (large)
-    parent across exec, so all three models showed the parent's peak; the probe now reads ``VmHWM``.
-    """
+    """Re-run the memory probe (a fresh process per model, its ``VmHWM`` high-water mark) with the settings stored
+    in ``DOCS_DIR/results.json``, replace the ablation rows' ``memory`` and rewrite the report."""
     docs = Path(docs_dir)
     report = json.loads((docs / "results.json").read_text())
     stored = report["config"]
