@@ -351,6 +351,20 @@ def test_eager_and_sdpa_attention_give_the_same_logits_with_padding(name) -> Non
     torch.testing.assert_close(eager[real], sdpa[real], atol=1e-5, rtol=0)
 
 
+def test_flex_attention_gives_the_same_logits_as_sdpa_with_padding() -> None:
+    # One config: flex attention compiles its kernels on first use (about 10 s here); the mask path is shared.
+    model = build(WhisperGPTForCausalLM, "hybrid_k3")
+    inputs = make_inputs(model.config, batch=2)
+    mask = torch.ones(2, FRAMES, dtype=torch.long)
+    mask[1, :3] = 0  # left padding
+    real = mask[:, None, :, None].bool().expand(-1, model.config.num_codebooks, -1, TINY_CODEBOOK_SIZE)
+    with torch.no_grad():
+        sdpa = model(**inputs, attention_mask=mask).logits
+        model.set_attn_implementation("flex_attention")
+        flex = model(**inputs, attention_mask=mask).logits
+    torch.testing.assert_close(flex[real], sdpa[real], atol=1e-5, rtol=0)
+
+
 # ------------------------------------------------------------------------------------------ saving, loading, dtypes
 
 
