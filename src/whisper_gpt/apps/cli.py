@@ -8,29 +8,24 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-PRESETS = {
-    "paper_gpt_s": ("token-only GPT-S", 3.7e6),
-    "paper_hybrid": ("hybrid Whisper-GPT", 4.0e6),
-    "paper_gpt_l": ("token-only GPT-L", 40e6),
-}
-
 
 def preset_parameter_counts() -> list[dict]:
-    """Build each paper preset and count its parameters."""
+    """Build each paper preset and count its parameters beside the paper's (`PAPER_RESULTS`)."""
     from whisper_gpt import WhisperGPTConfig, WhisperGPTForCausalLM
+    from whisper_gpt.configuration_whisper_gpt import PAPER_RESULTS
 
     rows = []
-    for name, (description, paper_params) in PRESETS.items():
-        config = getattr(WhisperGPTConfig, name)()
+    for name, reported in PAPER_RESULTS.items():
+        config = WhisperGPTConfig.from_preset(name)
         model = WhisperGPTForCausalLM(config)
         params = sum(p.numel() for p in model.parameters())
         rows.append(
             {
                 "preset": name,
-                "model": description,
+                "model": reported["model"],
                 "params": params,
-                "paper_params": int(paper_params),
-                "relative_difference": round(params / paper_params - 1, 4),
+                "paper_params": int(reported["params"]),
+                "relative_difference": round(params / reported["params"] - 1, 4),
                 "hidden_size": config.hidden_size,
                 "num_hidden_layers": config.num_hidden_layers,
                 "spectrogram_layers": config.spectrogram_layers if config.use_spectrogram else 0,
