@@ -311,6 +311,11 @@ BAD_INPUTS = [
         "at least 2 frames",
     ),
     ("float labels", lambda i: dict(i, labels=i["input_ids"].float()), "integer codes"),
+    (
+        "no frames",
+        lambda i: dict(i, input_ids=i["input_ids"][..., :0], input_features=i["input_features"][:, :0]),
+        "no frames",
+    ),
     ("labels and shift_labels", lambda i: dict(i, labels=i["input_ids"], shift_labels=i["input_ids"]), "not both"),
     ("inputs_embeds", lambda i: dict(i, inputs_embeds=torch.zeros(2, 3, 4)), "inputs_embeds"),
 ]
@@ -350,3 +355,12 @@ def test_spectrogram_layers_zero_still_uses_mel() -> None:
     inputs = random_inputs()
     changed = dict(inputs, input_features=inputs["input_features"] * 2)
     assert not torch.allclose(model(**inputs).logits, model(**changed).logits)
+
+
+def test_int32_codes_and_labels_give_the_int64_loss() -> None:
+    model = WhisperGPTForCausalLM(tiny_config(num_codebooks=2)).eval()
+    inputs = random_inputs()
+    codes = inputs["input_ids"][:, :2]
+    expected = model(**dict(inputs, input_ids=codes, labels=codes)).loss
+    narrow = codes.to(torch.int32)
+    torch.testing.assert_close(model(**dict(inputs, input_ids=narrow, labels=narrow)).loss, expected)

@@ -378,6 +378,8 @@ class WhisperGPTModel(WhisperGPTPreTrainedModel):
             )
         if input_ids.dtype.is_floating_point or input_ids.dtype == torch.bool:
             raise ValueError(f"input_ids must be integer codes, got dtype {input_ids.dtype}.")
+        if input_ids.shape[-1] == 0:
+            raise ValueError("input_ids has no frames (T = 0); pass at least one frame of codes.")
         if input_ids.shape[1] < self.num_codebooks:
             raise ValueError(
                 f"The model reads {self.num_codebooks} codebooks but input_ids has {input_ids.shape[1]}; encode "
@@ -718,7 +720,7 @@ class WhisperGPTForCausalLM(WhisperGPTPreTrainedModel, WhisperGPTGenerationMixin
             )
         if labels.dtype.is_floating_point or labels.dtype == torch.bool:
             raise ValueError(f"labels must be integer codes (-100 to ignore), got dtype {labels.dtype}.")
-        return labels[:, :num_codebooks]
+        return labels[:, :num_codebooks].long()
 
     def next_mel_loss(
         self, predicted_mel: torch.Tensor, input_features: torch.Tensor | None, attention_mask: torch.Tensor | None
