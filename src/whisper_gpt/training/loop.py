@@ -29,13 +29,16 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import logging
 import math
 import os
+import pickle
 import random
 import shlex
 import shutil
+import socket
 import sys
 import tempfile
 import time
@@ -50,7 +53,14 @@ import torch
 from ..configuration_whisper_gpt import PAPER_PRESETS, WhisperGPTConfig
 from ..modeling_whisper_gpt import WhisperGPTForCausalLM
 from ..processing_whisper_gpt import WhisperGPTProcessor
-from .data import EpochShuffleSampler, TrainingCrops, WhisperGPTDataCollator, build_processor, prepare_dataset
+from .data import (
+    EpochShuffleSampler,
+    TrainingCrops,
+    WhisperGPTDataCollator,
+    build_processor,
+    prepare_dataset,
+    processor_fingerprint,
+)
 from .evaluation import evaluate_model, format_metrics
 
 logger = logging.getLogger(__name__)
@@ -59,7 +69,15 @@ PRESETS = (*PAPER_PRESETS, "custom")
 CHECKPOINTS = "checkpoints"
 STATE_FILE = "trainer_state.json"
 METRICS_FILE = "metrics.jsonl"
+SUMMARY_FILE = "training_summary.json"
 FINAL_DIR = "final"
+LOGS_DIR = "logs"
+LOCK_FILE = "training.lock"
+PROCESSOR_DIR = "processor"
+# Beside a calibrated OUTPUT_DIR/processor: the corpus and settings it was calibrated on.
+CALIBRATION_FILE = "calibration_source.json"
+# What a run leaves in its output folder; a folder holding any of them belongs to that run.
+RUN_RECORDS = (CHECKPOINTS, FINAL_DIR, METRICS_FILE, SUMMARY_FILE, LOGS_DIR)
 
 
 @dataclass
@@ -67,7 +85,8 @@ class TrainingConfig:
     """Everything a training run needs. ``batch_size`` is global (split between processes).
 
     ``train_data`` may be None when `train` is given ``train_dataset`` (then a processor is required, here or
-    given to `train`, and validation needs ``validation_data`` or a ``validation_dataset``).
+    given to `train`, and validation needs ``validation_data`` or a ``validation_dataset``). ``resume`` and
+    ``overwrite_output_dir`` exclude each other; how the output folder is claimed is described in `train`.
     """
 
     output_dir: str
@@ -99,6 +118,8 @@ class TrainingConfig:
     report_to: str = "tensorboard"
     seed: int = 0
     resume: str | None = None  # "latest" or a checkpoint folder
+    overwrite_output_dir: bool = False  # delete the records of the run output_dir holds (see train) and start over
+    ignore_missing_rng_state: bool = False  # resume from a checkpoint whose random states are unreadable (inexact)
     cache_dir: str | None = None
     num_proc: int | None = None
     calibration_bandwidth: float | None = None  # kbps of a calibrated codec; default: the least giving K codebooks
@@ -140,7 +161,11 @@ def latest_checkpoint(output_dir: str | os.PathLike) -> Path | None:
 
 
 def _save_checkpoint(accelerator: Any, output_dir: Path, state: dict[str, Any], keep: int) -> Path:
-    """``accelerator.save_state`` into a temporary folder, then rename it: a crash never leaves a partial checkpoint."""
+    """``accelerator.save_state`` into a temporary folder, then rename it: a crash never leaves a partial checkpoint.
+
+    ``state`` (step, epoch, batches_in_epoch and the ``run`` identity that `--resume` checks) becomes its
+    trainer_state.json.
+    """
     root = output_dir / CHECKPOINTS
     final = root / f"step-{state['step']:08d}"
     partial = root / f".step-{state['step']:08d}.partial"
@@ -173,15 +198,15 @@ class _MetricsLog:
     """``metrics.jsonl`` on the main process: one JSON object per logged step or evaluation."""
 
     def __init__(self, path: Path, active: bool, keep_until_step: int | None):
+        """``keep_until_step``: the step a resumed run continues from (later records are dropped); None for a new
+        run, whose folder `_claim_output_dir` has checked to hold no earlier metrics."""
         self.path = path
         self.active = active
         if active and keep_until_step is not None and path.is_file():
             # A resumed run rewrites history after its checkpoint, so the file matches the run that continues.
             lines = [line for line in path.read_text().splitlines() if line.strip()]
             kept = [line for line in lines if json.loads(line)["step"] <= keep_until_step]
-            path.write_text("".join(line + "\n" for line in kept))
-        elif active and path.is_file():
-            path.unlink()
+            _write_atomically(path, "".join(line + "\n" for line in kept))
 
     def write(self, record: dict[str, Any]) -> None:
         if self.active:
@@ -202,24 +227,23 @@ def _trackers(config: TrainingConfig) -> str | None:
 
 
 def _processor_for(config: TrainingConfig, accelerator: Any, model_cfg: WhisperGPTConfig) -> WhisperGPTProcessor:
-    """Load the given processor, or calibrate a local codec on the training audio (main process) and share it."""
+    """Load the given processor, or calibrate a local codec on the training audio (main process) and share it.
+
+    A calibrated processor is kept in OUTPUT_DIR/processor with the record of its corpus and settings
+    (`_calibration_source`); `_claim_output_dir` has already refused or removed one made for other data.
+    """
     if config.processor:
         return WhisperGPTProcessor.from_pretrained(config.processor)
-    from ..apps.corpus import audio_files
-
-    target = Path(config.output_dir) / "processor"
-    if accelerator.is_main_process and not (target / "audio_tokenizer").is_dir():
-        files = audio_files(config.train_data, split="train")
+    target = Path(config.output_dir) / PROCESSOR_DIR
+    if accelerator.is_main_process and not (target / CALIBRATION_FILE).is_file():
+        files, source = _calibration_source(config, model_cfg)
         # The encoder fit reads the first minutes of the list: shuffled, they come from the whole corpus.
         random.Random(config.seed).shuffle(files)
-        if not files:
-            raise ValueError(f"{config.train_data} holds no training audio to calibrate a codec on.")
         processor, stats = build_processor(
             files,
             num_mel_bins=model_cfg.num_mel_bins,
             codebook_size=model_cfg.codebook_size,
-            # 75 frames/s x 10 bits per codebook: 1.5 kbps gives 2 codebooks, 6 kbps gives 8.
-            bandwidth=config.calibration_bandwidth or 0.75 * 2 ** max(1, math.ceil(math.log2(model_cfg.num_codebooks))),
+            bandwidth=source["bandwidth"],
             max_frames=config.calibration_max_frames,
             iterations=config.calibration_iterations,
             encoder_steps=config.calibration_encoder_steps,
@@ -227,9 +251,319 @@ def _processor_for(config: TrainingConfig, accelerator: Any, model_cfg: WhisperG
             progress=config.progress,
         )
         logger.info("calibrated the codec on %d frames: %s", stats["frames"], stats)
-        processor.save_pretrained(str(target))
+        # Written aside and renamed with its record: a kill leaves a complete processor or none.
+        partial = target.with_name(f".{target.name}.partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        processor.save_pretrained(str(partial))
+        (partial / CALIBRATION_FILE).write_text(json.dumps(source, indent=2) + "\n")
+        shutil.rmtree(target, ignore_errors=True)  # a processor folder without its record is incomplete
+        os.replace(partial, target)
     accelerator.wait_for_everyone()
     return WhisperGPTProcessor.from_pretrained(str(target))
+
+
+def _calibration_source(config: TrainingConfig, model_cfg: WhisperGPTConfig) -> tuple[list[Path], dict[str, Any]]:
+    """The training files a codec is calibrated on, and the record that identifies the calibration: a hash of the
+    files' paths (relative to ``train_data``) and sizes, their count, and the calibration settings."""
+    from ..apps.corpus import audio_files
+
+    root = Path(str(config.train_data))
+    files = audio_files(root, split="train")
+    if not files:
+        raise ValueError(f"{config.train_data} holds no training audio to calibrate a codec on.")
+    digest = hashlib.sha256()
+    for file in sorted(files):
+        digest.update(f"{file.relative_to(root).as_posix()}\0{file.stat().st_size}\n".encode())
+    source = {
+        "corpus": digest.hexdigest(),
+        "files": len(files),
+        "num_mel_bins": model_cfg.num_mel_bins,
+        "codebook_size": model_cfg.codebook_size,
+        # 75 frames/s x 10 bits per codebook: 1.5 kbps gives 2 codebooks, 6 kbps gives 8.
+        "bandwidth": config.calibration_bandwidth or 0.75 * 2 ** max(1, math.ceil(math.log2(model_cfg.num_codebooks))),
+        "max_frames": config.calibration_max_frames,
+        "iterations": config.calibration_iterations,
+        "encoder_steps": config.calibration_encoder_steps,
+        "seed": config.seed,
+        "train_data": str(root.resolve()),  # for messages; a moved corpus is the same corpus
+    }
+    return files, source
+
+
+def _check_calibrated_processor(config: TrainingConfig, model_cfg: WhisperGPTConfig) -> None:
+    """Refuse (or, with ``overwrite_output_dir``, remove) an OUTPUT_DIR/processor calibrated for other data."""
+    target = Path(config.output_dir) / PROCESSOR_DIR
+    if not target.exists():
+        return
+    record = target / CALIBRATION_FILE
+    if not record.is_file():
+        problem = f"it has no {CALIBRATION_FILE} saying which corpus it was calibrated on"
+    else:
+        saved = json.loads(record.read_text())
+        _, source = _calibration_source(config, model_cfg)
+        differences = [
+            f"{key}: {saved.get(key)!r} then, {source[key]!r} now"
+            for key in source
+            if key != "train_data" and saved.get(key) != source[key]
+        ]
+        if not differences:
+            return
+        if "corpus" in {difference.split(":")[0] for difference in differences}:
+            differences.insert(0, f"calibrated on {saved.get('train_data')}, training on {source['train_data']}")
+        problem = "it was calibrated for other data or settings (" + "; ".join(differences) + ")"
+    if config.overwrite_output_dir:
+        logger.warning("overwrite_output_dir: recalibrating %s, because %s.", target, problem)
+        shutil.rmtree(target)
+        return
+    raise ValueError(
+        f"{target} cannot be reused: {problem}. Pass --overwrite-output-dir (overwrite_output_dir=True) to "
+        f"calibrate a new codec there, --processor {target} to train with it anyway, or another output folder."
+    )
+
+
+class _OutputLock:
+    """OUTPUT_DIR/training.lock: the pid, host and start time of the run that holds the folder.
+
+    Taken by creating the file exclusively (a hard link of a complete temporary file, so a reader never sees it
+    half-written); a lock whose process is dead on this host is stale and taken over with a warning.
+    """
+
+    def __init__(self, path: Path, record: dict[str, Any]):
+        self.path = path
+        self.record = record
+
+    @classmethod
+    def acquire(cls, folder: Path) -> _OutputLock:
+        path = folder / LOCK_FILE
+        record = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+        staged = folder / f".{LOCK_FILE}.{os.getpid()}"
+        staged.write_text(json.dumps(record) + "\n")
+        try:
+            for attempt in range(2):
+                try:
+                    os.link(staged, path)
+                    return cls(path, record)
+                except FileExistsError:
+                    holder = _read_lock(path)
+                    if attempt == 0 and holder is not None and _is_stale(holder):
+                        logger.warning(
+                            "%s was left by process %s, which no longer runs on this host; taking it over.",
+                            path,
+                            holder["pid"],
+                        )
+                        path.unlink(missing_ok=True)
+                        continue
+                    owner = (
+                        f"process {holder['pid']} on {holder['host']}, started {holder['started']}"
+                        if holder is not None
+                        else "a run whose lock cannot be read"
+                    )
+                    raise ValueError(
+                        f"{folder} is in use by another training run ({owner}). Wait for it to finish, or train into "
+                        f"another output folder; if that run is gone (another host, or a reused pid), delete {path}."
+                    ) from None
+            raise AssertionError("unreachable: the second attempt returns or raises")
+        finally:
+            staged.unlink(missing_ok=True)
+
+    def release(self) -> None:
+        """Remove the lock if it is still this run's (it is not when someone deleted and retook it)."""
+        if _read_lock(self.path) == self.record:
+            self.path.unlink(missing_ok=True)
+
+
+def _read_lock(path: Path) -> dict[str, Any] | None:
+    try:
+        holder = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return holder if isinstance(holder, dict) and {"pid", "host", "started"} <= set(holder) else None
+
+
+def _is_stale(holder: dict[str, Any]) -> bool:
+    """True when the lock's process ran on this host and is gone (a lock from another host is never judged)."""
+    if holder["host"] != socket.gethostname() or not isinstance(holder["pid"], int):
+        return False
+    try:
+        os.kill(holder["pid"], 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        return False
+    return False
+
+
+def _found_run_records(output_dir: Path) -> list[str]:
+    """The names in ``RUN_RECORDS`` that ``output_dir`` holds (an empty checkpoints folder does not count)."""
+    found = []
+    for name in RUN_RECORDS:
+        path = output_dir / name
+        if (path.is_dir() and any(path.iterdir())) or path.is_file():
+            found.append(name)
+    return found
+
+
+def _check_ownership(config: TrainingConfig) -> None:
+    """Refuse a new run into a folder that holds another run, unless it resumes that run or overwrites it."""
+    output_dir = Path(config.output_dir)
+    found = _found_run_records(output_dir)
+    if not found:
+        return
+    if config.resume:
+        resumed = Path(config.resume).resolve() if config.resume != "latest" else None
+        if resumed is None or resumed.is_relative_to((output_dir / CHECKPOINTS).resolve()):
+            return
+        raise ValueError(
+            f"{output_dir} holds another training run ({', '.join(found)}), and the checkpoint to resume, "
+            f"{config.resume}, is not one of its own. Continue that checkpoint's run in an empty output folder."
+        )
+    if config.overwrite_output_dir:
+        logger.warning("overwrite_output_dir: deleting the previous run's %s in %s", ", ".join(found), output_dir)
+        for name in found:
+            path = output_dir / name
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+        return
+    raise ValueError(
+        f"{output_dir} holds another training run ({', '.join(found)}). Pass --resume (resume='latest') to "
+        "continue it, --overwrite-output-dir (overwrite_output_dir=True) to delete it and start over, or choose "
+        "another output folder."
+    )
+
+
+def _claim_output_dir(
+    accelerator: Any, config: TrainingConfig, model_cfg: WhisperGPTConfig, calibrates: bool
+) -> _OutputLock | None:
+    """On the main process: create the output folder, take its lock, and check that this run may use it (see
+    `train`). A refusal is raised on every process. Returns the lock (main process) or None."""
+    from accelerate.utils import broadcast_object_list
+
+    lock, failure = None, None
+    if accelerator.is_main_process:
+        try:
+            Path(config.output_dir).mkdir(parents=True, exist_ok=True)
+            lock = _OutputLock.acquire(Path(config.output_dir))
+            _check_ownership(config)
+            if calibrates:
+                _check_calibrated_processor(config, model_cfg)
+        except Exception as error:  # re-raised below; the other processes must not wait for this one forever
+            if lock is not None:
+                lock.release()
+            failure = error
+    message = str(failure) if failure is not None else None
+    if accelerator.num_processes > 1:
+        message = broadcast_object_list([message])[0]
+    if failure is not None:
+        raise failure
+    if message is not None:
+        raise ValueError(message)
+    return lock
+
+
+def _run_identity(
+    config: TrainingConfig,
+    model_cfg: WhisperGPTConfig,
+    processor: WhisperGPTProcessor,
+    train_set: Any,
+    max_frames: int,
+    num_processes: int,
+) -> dict[str, Any]:
+    """What makes a resumed run the continuation of the run that wrote the checkpoint: the model config, the
+    batch, crops, optimizer and schedule, the process count (one RNG state each), the processor and the data."""
+    model = {key: value for key, value in model_cfg.to_dict().items() if key not in ("transformers_version",)}
+    return {
+        "model_config": json.loads(json.dumps(model, sort_keys=True, default=str)),
+        "batch_size": config.batch_size,
+        "gradient_accumulation_steps": config.gradient_accumulation_steps,
+        "max_frames": max_frames,
+        "pack": config.pack,
+        "seed": config.seed,
+        "learning_rate": config.learning_rate,
+        "weight_decay": config.weight_decay,
+        "adam_beta2": config.adam_beta2,
+        "warmup_steps": config.warmup_steps,
+        "max_steps": config.max_steps,
+        "max_grad_norm": config.max_grad_norm,
+        "mixed_precision": config.mixed_precision,
+        "num_processes": num_processes,
+        "processor": processor_fingerprint(processor),
+        # A prepared dataset carries the fingerprint of its processor and source files; other datasets their size.
+        "train_data": getattr(train_set, "_fingerprint", None) or f"{type(train_set).__name__} of {len(train_set)}",
+    }
+
+
+def _identity_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    differences = []
+    for key in sorted(set(saved) | set(current)):
+        then, now = saved.get(key), current.get(key)
+        if key == "model_config" and isinstance(then, dict) and isinstance(now, dict):
+            differences += [
+                f"model config {name}: {then.get(name)!r} in the checkpoint, {now.get(name)!r} now"
+                for name in sorted(set(then) | set(now))
+                if then.get(name) != now.get(name)
+            ]
+        elif then != now:
+            differences.append(f"{key}: {then!r} in the checkpoint, {now!r} now")
+    return differences
+
+
+def _check_resume(path: Path, saved: dict[str, Any], identity: dict[str, Any], config: TrainingConfig) -> None:
+    """Refuse to resume from a checkpoint of another run configuration, or one whose random states are unreadable
+    (unless ``ignore_missing_rng_state``)."""
+    from accelerate.utils import load
+
+    if "run" not in saved:
+        logger.warning("%s records no run configuration (an older checkpoint); it is resumed unchecked.", path)
+    else:
+        differences = _identity_differences(saved["run"], identity)
+        if differences:
+            raise ValueError(
+                f"Cannot resume from {path}: it was written by a run with other settings ("
+                + "; ".join(differences)
+                + "). Resume with the checkpoint's settings, or start a new run in another output folder."
+            )
+    problems = []
+    for index in range(identity["num_processes"]):
+        file = path / f"random_states_{index}.pkl"
+        try:
+            states = load(file)
+        except FileNotFoundError:
+            problems.append(f"{file.name} is missing")
+            continue
+        except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as error:
+            problems.append(f"{file.name} cannot be read ({type(error).__name__}: {str(error)[:200]})")
+            continue
+        if not isinstance(states, dict) or not {"random_state", "numpy_random_seed", "torch_manual_seed"} <= set(
+            states
+        ):
+            problems.append(f"{file.name} lacks the Python, NumPy or torch random state")
+    if not problems:
+        return
+    consequence = "the run would continue with other random draws (dropout) than the uninterrupted run"
+    if config.ignore_missing_rng_state:
+        logger.warning("Resuming from %s inexactly: %s; %s.", path, "; ".join(problems), consequence)
+        return
+    raise ValueError(
+        f"Cannot resume exactly from {path}: {'; '.join(problems)}, so {consequence}. Pass "
+        "--ignore-missing-rng-state (ignore_missing_rng_state=True) to resume anyway, inexactly."
+    )
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    """Write ``text`` beside ``path`` and rename it over ``path``: a kill leaves the old file or the new one."""
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text(text)
+    os.replace(partial, path)
+
+
+def _replace_folder(new: Path, target: Path) -> None:
+    """Put the complete folder ``new`` in place of ``target``: a kill leaves the previous ``target`` (possibly
+    renamed aside to ``.NAME.old``) or the new one, never a mixture."""
+    old = target.with_name(f".{target.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if target.exists():
+        os.replace(target, old)
+    os.replace(new, target)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def build_optimizer(
@@ -260,6 +594,18 @@ def train(
 
     Runs in the current process or, launched with ``accelerate launch``, in each of several processes.
 
+    The output folder belongs to one run. The main process holds ``OUTPUT_DIR/training.lock`` while it trains, so
+    a second run into the folder is refused (a lock left by a process that is dead on this host is taken over).
+    A new run into a folder that holds another run's records (checkpoints/, final/, metrics.jsonl,
+    training_summary.json, logs/) is refused unless ``resume`` continues that run or ``overwrite_output_dir``
+    deletes those records first. A resumed run must have the checkpoint's run configuration (model config, batch,
+    crops, optimizer and schedule, mixed precision, process count, processor and training data) and every
+    process's random states, or it is refused naming what differs or is missing (``ignore_missing_rng_state``
+    resumes without the random states, inexactly). A codec calibrated into ``OUTPUT_DIR/processor`` is reused
+    only for the same corpus and calibration settings; otherwise the run is refused, or with
+    ``overwrite_output_dir`` the codec is calibrated again. ``mixed_precision='fp16'`` on the CPU (where it has no
+    effect) and a model with float16 parameters (pure fp16 training) are refused.
+
     Args:
         config: the run's settings.
         model: a model to train instead of one built from ``config.preset`` and ``model_overrides`` (which must
@@ -283,9 +629,7 @@ def train(
         final folder was written; the process layout.
     """
     from accelerate import Accelerator
-    from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
-    from tqdm.auto import tqdm
-    from transformers import get_cosine_schedule_with_warmup
+    from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration
 
     _check(config, model=model, processor=processor, train_dataset=train_dataset, validation_dataset=validation_dataset)
     output_dir = Path(config.output_dir)
@@ -294,7 +638,7 @@ def train(
         cpu=not torch.accelerator.is_available(),
         mixed_precision=config.mixed_precision,
         log_with=_trackers(config),
-        project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
+        project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / LOGS_DIR)),
         dataloader_config=DataLoaderConfiguration(split_batches=True),
     )
     if config.batch_size % accelerator.num_processes:
@@ -302,16 +646,59 @@ def train(
             f"batch_size ({config.batch_size}) is the global batch and must be divisible by the number of processes "
             f"({accelerator.num_processes})."
         )
+    if config.mixed_precision == "fp16" and accelerator.device.type == "cpu":
+        raise ValueError(
+            "mixed_precision='fp16' has no effect on the CPU (Accelerate trains in float32 there, as with 'no'): use "
+            "'bf16' for CPU autocast, or 'no'."
+        )
+    model_cfg = model.config if model is not None else model_config(config.preset, config.model_overrides)
+    lock = _claim_output_dir(accelerator, config, model_cfg, calibrates=processor is None and not config.processor)
+    try:
+        return _train_in_claimed_folder(
+            config,
+            accelerator,
+            model=model,
+            processor=processor,
+            train_dataset=train_dataset,
+            validation_dataset=validation_dataset,
+        )
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train_in_claimed_folder(
+    config: TrainingConfig,
+    accelerator: Any,
+    *,
+    model: torch.nn.Module | None,
+    processor: WhisperGPTProcessor | None,
+    train_dataset: Any,
+    validation_dataset: Any,
+) -> dict[str, Any]:
+    """The body of `train`, once the output folder is this run's."""
+    from accelerate.utils import set_seed
+    from tqdm.auto import tqdm
+    from transformers import get_cosine_schedule_with_warmup
+
+    output_dir = Path(config.output_dir)
+    resume_from = _resume_path(config)
     threads = configure_torch(accelerator.num_processes, config.torch_threads)
     set_seed(config.seed)
-    if accelerator.is_main_process:
-        output_dir.mkdir(parents=True, exist_ok=True)
 
     if model is None:
         # Built right after seeding, before a codec is loaded or calibrated (which draws from the same RNG), so
         # the initialisation depends on the seed alone.
         model = WhisperGPTForCausalLM(model_config(config.preset, config.model_overrides))
     cfg = model.config
+    half = [name for name, parameter in model.named_parameters() if parameter.dtype == torch.float16]
+    if half:
+        raise ValueError(
+            f"The model's parameters are float16 ({half[0]} and {len(half) - 1} more): pure fp16 training loses its "
+            "small gradients and updates to float16's range and turns the loss to NaN within a few steps. Keep the "
+            "parameters in float32 and train with mixed_precision='fp16' (on a GPU) or 'bf16', or convert the model "
+            "to bfloat16."
+        )
     if processor is None:
         processor = _processor_for(config, accelerator, cfg)
     if processor.feature_extractor.feature_size != cfg.num_mel_bins:
@@ -358,11 +745,21 @@ def train(
     batches_per_epoch = len(loader)
 
     state = {"step": 0, "epoch": 0, "batches_in_epoch": 0}
-    resume_from = _resume_path(config)
+    identity = _run_identity(config, cfg, processor, train_set, max_frames, accelerator.num_processes)
     if resume_from is not None:
+        saved = json.loads((resume_from / STATE_FILE).read_text())
+        _check_resume(resume_from, saved, identity, config)
         accelerator.load_state(str(resume_from))
-        state = json.loads((resume_from / STATE_FILE).read_text())
+        state = {key: saved[key] for key in state}
         accelerator.print(f"resumed from {resume_from} at step {state['step']}")
+        own = (output_dir / CHECKPOINTS).resolve()
+        if accelerator.is_main_process and resume_from.resolve().parent == own:
+            # Later checkpoints belong to the continuation given up by resuming earlier (its metrics are dropped
+            # below too); left in place, "latest" would return to it and rotation would delete the new ones.
+            for later in sorted(path for path in own.glob("step-*") if path.name > resume_from.name):
+                logger.warning("removing %s: resuming from the earlier %s replaces it", later, resume_from.name)
+                shutil.rmtree(later)
+        accelerator.wait_for_everyone()
     log = _MetricsLog(output_dir / METRICS_FILE, accelerator.is_main_process, state["step"] if resume_from else None)
     if accelerator.log_with:
         hparams = {k: v for k, v in dataclasses.asdict(config).items() if isinstance(v, (int, float, str, bool))}
@@ -466,12 +863,12 @@ def train(
             )
             model.train()
         if (config.save_every and step % config.save_every == 0) or (step == stop < config.max_steps):
-            _save_checkpoint(accelerator, output_dir, dict(state), config.save_total_limit)
+            _save_checkpoint(accelerator, output_dir, {**state, "run": identity}, config.save_total_limit)
     bar.close()
     seconds = time.perf_counter() - started
     if accelerator.is_main_process:
         record = {"steps": state["step"], "seconds": seconds, "num_processes": accelerator.num_processes}
-        (output_dir / "training_summary.json").write_text(json.dumps({**record, "validation": evaluation}) + "\n")
+        _write_atomically(output_dir / SUMMARY_FILE, json.dumps({**record, "validation": evaluation}) + "\n")
 
     summary: dict[str, Any] = {
         "output_dir": str(output_dir),
@@ -586,6 +983,10 @@ def _check(
         raise ValueError(f"learning_rate must be positive, got {config.learning_rate}.")
     if config.mixed_precision not in ("no", "fp16", "bf16"):
         raise ValueError(f"mixed_precision must be 'no', 'fp16' or 'bf16', got {config.mixed_precision!r}.")
+    if config.resume and config.overwrite_output_dir:
+        raise ValueError(
+            "resume continues the run in output_dir and overwrite_output_dir deletes it; give one of them."
+        )
     if config.stop_at_step is not None and config.stop_at_step < 1:
         raise ValueError(f"stop_at_step must be at least 1, got {config.stop_at_step}.")
     if config.report_to not in ("tensorboard", "wandb", "mlflow", "comet_ml", "aim", "clearml", "all", "none", ""):
@@ -609,10 +1010,18 @@ def save_final(
     config: TrainingConfig,
     metrics: dict[str, Any] | None,
 ) -> None:
-    """Write the Hub-ready folder: model, generation config, processor (codec included), model card, metrics."""
+    """Write the Hub-ready folder: model, generation config, processor (codec included), model card, metrics
+    (eval_results.json, when given).
+
+    Everything is written into ``.NAME.partial`` beside ``folder`` and then renamed into place (`_replace_folder`),
+    so a kill during the save leaves the previous ``folder`` or none, never a partial one.
+    """
     from .model_card import build_model_card
 
-    folder.mkdir(parents=True, exist_ok=True)
+    final = folder
+    folder = final.with_name(f".{final.name}.partial")
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
     model.save_pretrained(folder)
     processor.save_pretrained(folder)
     if metrics is not None:
@@ -647,6 +1056,7 @@ def save_final(
         training_description=f"Trained with `whisper_gpt.training` (Accelerate) on {data}.",
     )
     card.save(folder / "README.md")
+    _replace_folder(folder, final)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -686,9 +1096,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(defaults, name))
     for name in ("learning_rate", "weight_decay", "adam_beta2", "max_grad_norm", "calibration_bandwidth"):
         parser.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(defaults, name))
-    parser.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"), default=defaults.mixed_precision)
+    parser.add_argument(
+        "--mixed-precision",
+        choices=("no", "fp16", "bf16"),
+        default=defaults.mixed_precision,
+        help="fp16 needs a GPU (refused on the CPU, where it has no effect); bf16 works on both",
+    )
     parser.add_argument("--report-to", default=defaults.report_to, help="tensorboard (default), wandb, ..., or none")
     parser.add_argument("--resume", nargs="?", const="latest", help="continue from the latest (or a given) checkpoint")
+    parser.add_argument(
+        "--overwrite-output-dir",
+        action="store_true",
+        help="OUTPUT_DIR holds another run: delete its checkpoints, final/, metrics.jsonl, summary and logs, and "
+        "start over (a calibrated processor/ is kept when it fits the corpus)",
+    )
+    parser.add_argument(
+        "--ignore-missing-rng-state",
+        action="store_true",
+        help="resume from a checkpoint whose random states are missing or unreadable (the run is no longer "
+        "identical to an uninterrupted one)",
+    )
     parser.add_argument("--cache-dir", help="where prepared datasets are cached")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument(
