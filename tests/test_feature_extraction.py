@@ -132,8 +132,8 @@ def test_save_and_load_round_trip(tmp_path) -> None:
 
 BAD_AUDIO = [
     ("missing rate", np.zeros(100, np.float32), None, "sampling_rate is required"),
-    ("zero rate", np.zeros(100, np.float32), 0, "positive whole number"),
-    ("fractional rate", np.zeros(100, np.float32), 22050.5, "positive whole number"),
+    ("zero rate", np.zeros(100, np.float32), 0, "outside the plausible range"),
+    ("fractional rate", np.zeros(100, np.float32), 22050.5, "whole number of Hz"),
     ("empty clip", np.zeros(0, np.float32), 24000, "empty"),
     ("empty list", [], 24000, "at least one clip"),
     ("NaN", np.array([0.0, np.nan, 0.1], np.float32), 24000, "NaN or Inf"),

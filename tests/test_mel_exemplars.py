@@ -112,7 +112,7 @@ def test_exemplar_errors_say_what_to_do(exemplar_processor, tiny_processor, tmp_
     copy.deepcopy(tokenizer).save_pretrained(tmp_path)
     for shape in ((3, TINY_MEL_BINS), (tokenizer.codebook_size, TINY_MEL_BINS + 1), (tokenizer.codebook_size,)):
         np.save(tmp_path / MEL_EXEMPLARS_NAME, np.zeros(shape, dtype=np.float32))
-        with pytest.raises(ValueError, match="saved with another codec"):
+        with pytest.raises(ValueError, match="made for another codec or mel geometry"):
             WhisperGPTAudioTokenizer.from_pretrained(tmp_path)
     (tmp_path / MEL_EXEMPLARS_NAME).unlink()
     with pytest.raises(ValueError, match=r"mel_exemplars\.npy is missing; save the codec again"):

@@ -9,6 +9,7 @@ as many as a causal codec with the same hop emits codes.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 from typing import Any
 
@@ -26,8 +27,46 @@ LOG_MEL_FLOOR = 1e-10
 LOG_MEL_OFFSET = 4.0
 LOG_MEL_SCALE = 4.0
 MAX_CHANNELS = 2
+# Plausible audio rates: below 1 kHz is almost always kHz typed as Hz (16 for 16000), above 384 kHz no audio
+# interface records.
+MIN_SAMPLING_RATE = 1_000
+MAX_SAMPLING_RATE = 384_000
+# The longest clip accepted, in seconds at the rate it is processed at: longer ones are refused before they are
+# resampled or featurised (4 hours at 24 kHz is 1.4 GB of float32 samples).
+MAX_CLIP_SECONDS = 4 * 3600
 
 AudioInput = np.ndarray | torch.Tensor | Sequence[float]
+
+
+class AudioInputError(ValueError):
+    """Audio that cannot be processed: wrong type, shape, rate or length, empty, or holding NaN/Inf samples.
+
+    A `ValueError`, raised by `normalize_audio_batch` and `check_sampling_rate`. Code that walks over many files
+    catches this (and the audio reader's own errors) to skip one bad file, and lets every other error through.
+    """
+
+
+def check_sampling_rate(sampling_rate: Any, name: str = "sampling_rate") -> int:
+    """Return ``sampling_rate`` as an int after checking it is a whole number of Hz in the plausible range.
+
+    Accepts Python and numpy integers and integral floats (16000.0). Raises `AudioInputError` (a `ValueError`)
+    naming ``name`` and the value it got for anything else: strings ("16000"), booleans, fractions, and rates
+    outside [``MIN_SAMPLING_RATE``, ``MAX_SAMPLING_RATE``] (1 kHz to 384 kHz; 16 is kHz typed as Hz).
+    """
+    if isinstance(sampling_rate, (bool, np.bool_)) or not isinstance(sampling_rate, numbers.Real):
+        raise AudioInputError(
+            f"{name} must be a whole number of Hz such as 16000, got {sampling_rate!r} "
+            f"({type(sampling_rate).__name__}); pass int({sampling_rate!r}) if it is a number."
+        )
+    if not math.isfinite(sampling_rate) or not float(sampling_rate).is_integer():
+        raise AudioInputError(f"{name} must be a whole number of Hz such as 16000, got {sampling_rate!r}.")
+    rate = int(sampling_rate)
+    if not MIN_SAMPLING_RATE <= rate <= MAX_SAMPLING_RATE:
+        hint = f" ({rate} looks like kHz: pass {rate * 1000})" if 0 < rate < MIN_SAMPLING_RATE else ""
+        raise AudioInputError(
+            f"{name}={rate} Hz is outside the plausible range {MIN_SAMPLING_RATE} to {MAX_SAMPLING_RATE} Hz{hint}."
+        )
+    return rate
 
 
 def _to_float_mono(clip: Any, index: int) -> np.ndarray:
@@ -37,11 +76,11 @@ def _to_float_mono(clip: Any, index: int) -> np.ndarray:
     array = np.asarray(clip)
     where = f"audio[{index}]"
     if array.dtype == object or not (np.issubdtype(array.dtype, np.number) or array.dtype == np.bool_):
-        raise ValueError(f"{where} is not numeric audio (dtype {array.dtype}); pass float or integer PCM samples.")
+        raise AudioInputError(f"{where} is not numeric audio (dtype {array.dtype}); pass float or integer PCM samples.")
     if np.issubdtype(array.dtype, np.complexfloating) or array.dtype == np.bool_:
-        raise ValueError(f"{where} has dtype {array.dtype}; pass real-valued float or integer PCM samples.")
+        raise AudioInputError(f"{where} has dtype {array.dtype}; pass real-valued float or integer PCM samples.")
     if array.ndim == 0 or array.ndim > 2:
-        raise ValueError(
+        raise AudioInputError(
             f"{where} has shape {array.shape}; expected (num_samples,) for mono or (channels, num_samples) / "
             f"(num_samples, channels) with at most {MAX_CHANNELS} channels. Pass a batch as a list of clips."
         )
@@ -53,16 +92,16 @@ def _to_float_mono(clip: Any, index: int) -> np.ndarray:
     if array.ndim == 2:
         channel_axis = int(np.argmin(array.shape))
         if array.shape[channel_axis] > MAX_CHANNELS or array.shape[0] == array.shape[1]:
-            raise ValueError(
+            raise AudioInputError(
                 f"{where} has shape {array.shape}, which is ambiguous: a single clip may have at most "
                 f"{MAX_CHANNELS} channels on its shorter axis. To pass several clips, pass a list of 1-D arrays."
             )
         array = array.mean(axis=channel_axis)
     if array.size == 0:
-        raise ValueError(f"{where} is empty; every clip needs at least one sample.")
+        raise AudioInputError(f"{where} is empty; every clip needs at least one sample.")
     array = array.astype(np.float32, copy=False)
     if not np.isfinite(array).all():
-        raise ValueError(f"{where} contains NaN or Inf samples; clean or drop the clip before processing it.")
+        raise AudioInputError(f"{where} contains NaN or Inf samples; clean or drop the clip before processing it.")
     return array
 
 
@@ -74,25 +113,33 @@ def normalize_audio_batch(
     """Validate audio and bring it to float32 mono at ``target_sampling_rate``.
 
     ``audio`` is one clip (1-D, or 2-D with up to two channels) or a list of clips. Returns a list of
-    (num_samples,) float32 arrays. Raises ``ValueError`` for a missing or invalid sampling rate, empty
-    clips, non-finite samples and arrays of the wrong rank. Audio at another rate is resampled with soxr
-    (an optional dependency); ``ImportError`` says what to do when it is not installed.
+    (num_samples,) float32 arrays. Raises `AudioInputError` (a ``ValueError``) for a missing or invalid sampling
+    rate (`check_sampling_rate`), empty clips, non-finite samples, arrays of the wrong rank, and clips longer than
+    ``MAX_CLIP_SECONDS`` at ``target_sampling_rate`` (checked before resampling allocates them). Audio at another
+    rate is resampled with soxr (an optional dependency); ``ImportError`` says what to do when it is not installed.
     """
     if sampling_rate is None:
-        raise ValueError(
+        raise AudioInputError(
             "sampling_rate is required: pass the rate the audio was recorded at, e.g. "
             f"sampling_rate=16000. It is resampled to {target_sampling_rate} Hz when it differs."
         )
-    if isinstance(sampling_rate, bool) or not float(sampling_rate).is_integer() or sampling_rate <= 0:
-        raise ValueError(f"sampling_rate must be a positive whole number of Hz, got {sampling_rate!r}.")
-    sampling_rate = int(sampling_rate)
+    sampling_rate = check_sampling_rate(sampling_rate)
     is_single = isinstance(audio, (np.ndarray, torch.Tensor)) or (
         isinstance(audio, Sequence) and len(audio) > 0 and np.isscalar(audio[0])
     )
     clips = [audio] if is_single else list(audio)
     if not clips:
-        raise ValueError("audio is an empty list; pass at least one clip.")
+        raise AudioInputError("audio is an empty list; pass at least one clip.")
     mono = [_to_float_mono(clip, index) for index, clip in enumerate(clips)]
+    limit = MAX_CLIP_SECONDS * target_sampling_rate
+    for index, clip in enumerate(mono):
+        resampled = math.ceil(clip.shape[0] * target_sampling_rate / sampling_rate)
+        if resampled > limit:
+            raise AudioInputError(
+                f"audio[{index}] is {clip.shape[0] / sampling_rate:.0f} s long at sampling_rate={sampling_rate} "
+                f"({resampled:,} samples at {target_sampling_rate} Hz); clips are limited to {MAX_CLIP_SECONDS} s. "
+                "Check the sampling rate, or split the audio into shorter clips."
+            )
     if sampling_rate != target_sampling_rate:
         # Optional: neither torch nor transformers has a resampler of its own (transformers uses soxr or
         # torchaudio), and audio already at the model's rate never needs one.
@@ -151,6 +198,7 @@ class WhisperGPTFeatureExtractor(SequenceFeatureExtractor):
         return_attention_mask: bool = True,
         **kwargs,
     ):
+        sampling_rate = check_sampling_rate(sampling_rate)
         super().__init__(
             feature_size=feature_size,
             sampling_rate=sampling_rate,
@@ -189,6 +237,17 @@ class WhisperGPTFeatureExtractor(SequenceFeatureExtractor):
         output.pop("_mel_filters", None)
         output.pop("_window", None)
         return output
+
+    def log_mel_range(self) -> tuple[float, float]:
+        """(lowest, highest) feature value `causal_log_mel` can give for audio within [-1, 1].
+
+        The lowest is the log floor; the highest bounds a full-scale clip: a windowed frame's spectrum is at most
+        the window's sum (``n_fft / 2`` for the periodic Hann window) in magnitude at every frequency, so mel bin
+        ``m`` is at most ``(n_fft / 2) ** 2`` times the sum of its filter.
+        """
+        lowest = (math.log10(LOG_MEL_FLOOR) + LOG_MEL_OFFSET) / LOG_MEL_SCALE
+        loudest = (self.n_fft / 2) ** 2 * float(self._mel_filters.sum(0).max())
+        return lowest, (math.log10(max(loudest, LOG_MEL_FLOOR)) + LOG_MEL_OFFSET) / LOG_MEL_SCALE
 
     def causal_log_mel(self, waveforms: torch.Tensor) -> torch.Tensor:
         """Causal log-mel of waveforms at ``self.sampling_rate``.
@@ -272,6 +331,10 @@ class WhisperGPTFeatureExtractor(SequenceFeatureExtractor):
         Returns:
             (B, T * hop_length) float32 audio at ``self.sampling_rate``. Phase is estimated, so it sounds
             like the spectrogram (pitch, formants, rhythm) rather than the exact original waveform.
+
+        Features holding NaN or Inf raise a ValueError. Finite features are clamped to `log_mel_range`, the values
+        audio within [-1, 1] can give (a warning says when values above it were clamped): beyond it the mel power
+        overflows float32 and the audio would be NaN.
         """
         features = torch.as_tensor(features, dtype=torch.float32)
         if features.dim() == 2:
@@ -280,6 +343,18 @@ class WhisperGPTFeatureExtractor(SequenceFeatureExtractor):
             raise ValueError(
                 f"features must have shape (batch, frames, {self.feature_size}), got {tuple(features.shape)}."
             )
+        if not bool(torch.isfinite(features).all()):
+            raise ValueError(
+                "features contain NaN or Inf values, which have no audio; find where they came from (e.g. a model "
+                "run in fp16 or fed NaN inputs) or replace them before rendering."
+            )
+        lowest, highest = self.log_mel_range()
+        if bool((features > highest).any()):
+            logger.warning_once(
+                f"mel_to_audio clamped log-mel values above {highest:.3f}, the loudest audio within [-1, 1] can "
+                "give; larger ones would overflow into NaN audio."
+            )
+        features = features.clamp(lowest, highest)
         mel_power = torch.pow(10.0, features * LOG_MEL_SCALE - LOG_MEL_OFFSET)  # (B, T, M)
         magnitude = self._mel_to_linear_power(mel_power).sqrt().transpose(1, 2)  # (B, n_freq, T)
         generator = torch.Generator(device="cpu").manual_seed(seed)
@@ -339,4 +414,10 @@ class WhisperGPTFeatureExtractor(SequenceFeatureExtractor):
         return BatchFeature(data, tensor_type=return_tensors)
 
 
-__all__ = ["WhisperGPTFeatureExtractor", "normalize_audio_batch", "num_frames"]
+__all__ = [
+    "AudioInputError",
+    "WhisperGPTFeatureExtractor",
+    "check_sampling_rate",
+    "normalize_audio_batch",
+    "num_frames",
+]

@@ -10,6 +10,8 @@ import torch
 from transformers import Pipeline
 from transformers.generation.streamers import BaseStreamer
 
+from .feature_extraction_whisper_gpt import check_sampling_rate
+
 TASK = "audio-continuation"
 
 
@@ -30,7 +32,8 @@ class AudioContinuationPipeline(Pipeline):
     noise). Other keyword arguments go to `WhisperGPTForCausalLM.generate` (``do_sample``, ``temperature``,
     ``top_k``, ``top_p``, ``generator``, ``num_return_sequences``, ``mel_source``, ``streamer`` ...); the pipeline
     asks for the dict output itself and renders the audio in postprocess, so ``return_dict_in_generate`` and
-    ``output_audio`` are refused. Reading a file path needs the ``soundfile`` package.
+    ``output_audio`` are refused. Reading a file path needs the ``soundfile`` package. ``sampling_rate`` (and the
+    rate of a file or dict) must be a whole number of Hz from 1 kHz to 384 kHz (`check_sampling_rate`).
     """
 
     _load_processor = True
@@ -61,7 +64,7 @@ class AudioContinuationPipeline(Pipeline):
         forward_params = dict(generate_kwargs)
         if max_new_tokens is not None:
             forward_params["max_new_tokens"] = max_new_tokens
-        preprocess_params = {} if sampling_rate is None else {"sampling_rate": sampling_rate}
+        preprocess_params = {} if sampling_rate is None else {"sampling_rate": check_sampling_rate(sampling_rate)}
         postprocess_params = {} if return_prompt is None else {"return_prompt": return_prompt}
         if renderer is not None:
             postprocess_params["renderer"] = renderer
@@ -109,20 +112,21 @@ def _read_audio(audio: Any, sampling_rate: int | None) -> tuple[Any, int]:
             ) from error
 
         data, file_rate = soundfile.read(audio, dtype="float32", always_2d=False)
-        if sampling_rate is not None and sampling_rate != file_rate:
+        file_rate = check_sampling_rate(file_rate, f"the sampling rate of {audio}")
+        if sampling_rate is not None and check_sampling_rate(sampling_rate) != file_rate:
             raise ValueError(f"{audio} is at {file_rate} Hz but sampling_rate={sampling_rate} was passed; drop it.")
         return data, file_rate
     if isinstance(audio, dict):
         array = audio.get("array", audio.get("raw"))
         if array is None or "sampling_rate" not in audio:
             raise ValueError('An audio dict needs "array" (or "raw") and "sampling_rate" keys.')
-        return array, audio["sampling_rate"]
+        return array, check_sampling_rate(audio["sampling_rate"], 'the audio dict\'s "sampling_rate"')
     if sampling_rate is None:
         raise ValueError(
             "sampling_rate is required with a raw waveform: pipe(waveform, sampling_rate=16000). It is resampled "
             "to the codec's rate when it differs."
         )
-    return audio, sampling_rate
+    return audio, check_sampling_rate(sampling_rate)
 
 
 class WhisperGPTAudioStreamer(BaseStreamer):

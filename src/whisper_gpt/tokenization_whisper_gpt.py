@@ -194,6 +194,9 @@ class WhisperGPTAudioTokenizer:
             raise ValueError(f"The codec must be mono; it has {config.audio_channels} audio channels.")
         if max_seconds_per_pass <= 0:
             raise ValueError(f"max_seconds_per_pass must be positive, got {max_seconds_per_pass}.")
+        _check_flag("calibrated", calibrated, allow_none=True)
+        _check_flag("decoder_trained", decoder_trained, allow_none=True)
+        _check_flag("encoder_fitted_to_mel", encoder_fitted_to_mel, allow_none=False)
         self.codec = codec.eval()
         self.bandwidth = bandwidth
         self.max_seconds_per_pass = max_seconds_per_pass
@@ -333,18 +336,14 @@ class WhisperGPTAudioTokenizer:
         codebook-0 code ``c`` stands for, M = ``feature_extractor.feature_size``.
 
         Records ``feature_extractor``'s mel settings (``MEL_GEOMETRY_KEYS``), so `check_mel_exemplars` refuses an
-        extractor of another geometry; `save_pretrained` writes both.
+        extractor of another geometry; `save_pretrained` writes both. Exemplars holding NaN or Inf raise a
+        ValueError: a model would read them and render NaN audio.
         """
         expected = (self.codebook_size, feature_extractor.feature_size)
         if not isinstance(exemplars, torch.Tensor) or not exemplars.is_floating_point():
             got = exemplars.dtype if isinstance(exemplars, torch.Tensor) else type(exemplars).__name__
             raise ValueError(f"mel exemplars must be a float tensor of shape {expected}, got {got}.")
-        if tuple(exemplars.shape) != expected:
-            raise ValueError(
-                f"mel exemplars have shape {tuple(exemplars.shape)}; this codec and feature extractor need {expected} "
-                "(one frame of feature_size bins per codebook-0 code)."
-            )
-        self.mel_exemplars = exemplars.to(torch.float32)
+        self.mel_exemplars = _checked_exemplars(exemplars, expected, "mel exemplars")
         self.mel_exemplar_geometry = {key: getattr(feature_extractor, key) for key in MEL_GEOMETRY_KEYS}
 
     def __repr__(self) -> str:
@@ -368,7 +367,10 @@ class WhisperGPTAudioTokenizer:
             **kwargs: passed to ``EncodecModel.from_pretrained`` (``revision``, ``cache_dir``, ``subfolder``,
                 ``local_files_only``, ...).
         A folder without ``audio_tokenizer_config.json`` counts as calibrated and decoder-trained when its
-        codebooks are non-zero.
+        codebooks are non-zero; one that holds ``mel_exemplars.npy`` but not that config is refused (the config
+        records the exemplars' mel settings and the codec's flags). The config's flags must be JSON booleans (or
+        null for ``calibrated`` / ``decoder_trained``: infer them), and saved exemplars must be finite; anything
+        else raises a ValueError that names the file.
         """
         lookup = {key: kwargs[key] for key in _FILE_LOOKUP_KWARGS if key in kwargs}
         config_file = cached_file(
@@ -382,6 +384,31 @@ class WhisperGPTAudioTokenizer:
         if config_file is not None:
             with open(config_file, encoding="utf-8") as handle:
                 saved = json.load(handle)
+            if not isinstance(saved, dict):
+                raise ValueError(
+                    f"{CONFIG_NAME} in {hub_id_or_dir} must hold a JSON object, got {type(saved).__name__}."
+                )
+            for key, allow_none in (("calibrated", True), ("decoder_trained", True), ("encoder_fitted_to_mel", False)):
+                value = saved.get(key, None if allow_none else False)
+                if not isinstance(value, bool) and not (allow_none and value is None):
+                    raise ValueError(
+                        f"{CONFIG_NAME} in {hub_id_or_dir} has {key}={value!r}; it must be true or false"
+                        + (" (or null to infer it)." if allow_none else ".")
+                    )
+        exemplars_file = cached_file(
+            hub_id_or_dir,
+            MEL_EXEMPLARS_NAME,
+            _raise_exceptions_for_missing_entries=False,
+            _raise_exceptions_for_connection_errors=False,
+            **lookup,
+        )
+        if config_file is None and exemplars_file is not None:
+            raise ValueError(
+                f"{hub_id_or_dir} holds {MEL_EXEMPLARS_NAME} but no {CONFIG_NAME}, which records the mel settings "
+                "the exemplars were computed with and whether the codec's decoder is trained; without it the "
+                f"exemplars cannot be used and a local codec would pass for a trained one. Restore {CONFIG_NAME} "
+                "(save_pretrained writes it) or delete the exemplars to load the codec without them."
+            )
         codec = EncodecModel.from_pretrained(hub_id_or_dir, **kwargs)
         tokenizer = cls(
             codec,
@@ -392,9 +419,11 @@ class WhisperGPTAudioTokenizer:
         )
         geometry = saved.get("mel_exemplar_geometry")
         if geometry is not None:
-            exemplars_file = cached_file(
-                hub_id_or_dir, MEL_EXEMPLARS_NAME, _raise_exceptions_for_missing_entries=False, **lookup
-            )
+            if not isinstance(geometry, dict) or set(geometry) != set(MEL_GEOMETRY_KEYS):
+                raise ValueError(
+                    f"{CONFIG_NAME} in {hub_id_or_dir} has mel_exemplar_geometry={geometry!r}; it must map exactly "
+                    f"{list(MEL_GEOMETRY_KEYS)} to the feature extractor's settings. Save the codec again."
+                )
             if exemplars_file is None:
                 raise ValueError(
                     f"{CONFIG_NAME} in {hub_id_or_dir} records mel exemplars but {MEL_EXEMPLARS_NAME} is missing; "
@@ -402,15 +431,21 @@ class WhisperGPTAudioTokenizer:
                     "whisper_gpt.training.codec_fitting)."
                 )
             exemplars = np.load(exemplars_file, allow_pickle=False)
-            expected = (tokenizer.codebook_size, geometry["feature_size"])
-            if exemplars.shape != expected:
+            if not np.issubdtype(exemplars.dtype, np.floating):
                 raise ValueError(
-                    f"{MEL_EXEMPLARS_NAME} has shape {exemplars.shape}, but this codec and its recorded mel settings "
-                    f"need {expected} (one frame per code); it was saved with another codec. Fit them again "
-                    "(fit_mel_exemplars in whisper_gpt.training.codec_fitting)."
+                    f"{MEL_EXEMPLARS_NAME} in {hub_id_or_dir} has dtype {exemplars.dtype}; it must be float."
                 )
-            tokenizer.mel_exemplars = torch.from_numpy(exemplars.astype(np.float32))
+            expected = (tokenizer.codebook_size, geometry["feature_size"])
+            tokenizer.mel_exemplars = _checked_exemplars(
+                torch.from_numpy(exemplars), expected, f"{MEL_EXEMPLARS_NAME} in {hub_id_or_dir}"
+            )
             tokenizer.mel_exemplar_geometry = geometry
+        elif exemplars_file is not None:
+            logger.warning(
+                f"{hub_id_or_dir} holds {MEL_EXEMPLARS_NAME}, but its {CONFIG_NAME} records no mel settings for them "
+                "(mel_exemplar_geometry is null), so the codec is loaded without mel exemplars. Save the codec again "
+                "to keep them, or delete the file."
+            )
         return tokenizer
 
     def save_pretrained(self, save_directory: str | os.PathLike) -> None:
@@ -676,6 +711,31 @@ class WhisperGPTAudioTokenizer:
         """Indices among the first ``count`` codebooks that are all zero (never trained or calibrated)."""
         layers = self.codec.quantizer.layers[:count]
         return [index for index, layer in enumerate(layers) if not bool(layer.codebook.embed.any())]
+
+
+def _check_flag(name: str, value: Any, allow_none: bool) -> None:
+    """Refuse a flag that is not a bool (or None where inference is allowed): ``bool("false")`` is True."""
+    if isinstance(value, (bool, np.bool_)) or (allow_none and value is None):
+        return
+    raise ValueError(f"{name} must be True or False{' or None' if allow_none else ''}, got {value!r}.")
+
+
+def _checked_exemplars(exemplars: torch.Tensor, expected: tuple[int, int], what: str) -> torch.Tensor:
+    """(codebook_size, M) float32 exemplars after checking their shape and that every value is finite."""
+    if tuple(exemplars.shape) != expected:
+        raise ValueError(
+            f"{what} have shape {tuple(exemplars.shape)}; this codec and feature extractor need {expected} (one "
+            "frame of feature_size bins per codebook-0 code): they were made for another codec or mel geometry. Fit "
+            "them again (fit_mel_exemplars in whisper_gpt.training.codec_fitting)."
+        )
+    exemplars = exemplars.to(torch.float32)
+    bad = int((~torch.isfinite(exemplars)).any(dim=1).sum())
+    if bad:
+        raise ValueError(
+            f"{what} hold NaN or Inf values in {bad} of {expected[0]} rows; a model would read them and render NaN "
+            "audio. Fit them again from finite audio (fit_mel_exemplars in whisper_gpt.training.codec_fitting)."
+        )
+    return exemplars
 
 
 def _conv_transpose1d(inputs: torch.Tensor, weight: torch.Tensor, stride: int) -> torch.Tensor:

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..feature_extraction_whisper_gpt import normalize_audio_batch
+from ..feature_extraction_whisper_gpt import AudioInputError, check_sampling_rate, normalize_audio_batch
 from ..tokenization_whisper_gpt import WhisperGPTAudioTokenizer
 
 # Rows of the (frames, codes) distance matrix computed at once: bounds memory at 64 MiB for 1024 codes.
@@ -200,8 +200,9 @@ def calibrate(
     Args:
         tokenizer: the codec to change in place.
         audio_iterable: clips, or lists of clips (anything `normalize_audio_batch` accepts per item); a
-            single array counts as one clip.
-        sampling_rate: rate of the audio in Hz.
+            single array counts as one clip. An invalid item (empty, NaN samples, ...) raises a ValueError naming
+            its index; `whisper_gpt.training.data.build_processor` skips unreadable files before they get here.
+        sampling_rate: rate of the audio in Hz, 1 kHz to 384 kHz (`check_sampling_rate`).
         max_frames: frames (75 per second of audio) k-means runs on.
         iterations: most k-means iterations per codebook; it stops earlier once fewer than 0.1% of the
             frames change code.
@@ -231,6 +232,8 @@ def calibrate(
         raise ValueError(f"max_frames ({max_frames}) must be at least codebook_size ({codebook_size}).")
     if iterations < 1:
         raise ValueError(f"iterations must be at least 1, got {iterations}.")
+    if sampling_rate is not None:
+        sampling_rate = check_sampling_rate(sampling_rate)
     if isinstance(audio_iterable, (np.ndarray, torch.Tensor)):
         audio_iterable = [audio_iterable]
     started = time.perf_counter()
@@ -239,7 +242,7 @@ def calibrate(
     seen = 0
     if initialize_encoder is None:
         initialize_encoder = not (tokenizer.calibrated or tokenizer.decoder_trained or tokenizer.encoder_fitted_to_mel)
-    items = (normalize_audio_batch(item, sampling_rate, tokenizer.sampling_rate) for item in audio_iterable)
+    items = _normalized_items(audio_iterable, sampling_rate, tokenizer.sampling_rate)
     encoder_stats: dict[str, float] = {}
     if initialize_encoder:
         first = next(items, None)
@@ -293,6 +296,15 @@ def calibrate(
     stats.update(per_codebook)
     stats["seconds"] = time.perf_counter() - started
     return stats
+
+
+def _normalized_items(items: Iterable[Any], sampling_rate: int | None, target: int) -> Iterable[list[np.ndarray]]:
+    """`normalize_audio_batch` of each item; an invalid one raises `AudioInputError` naming its index."""
+    for index, item in enumerate(items):
+        try:
+            yield normalize_audio_batch(item, sampling_rate, target)
+        except AudioInputError as error:
+            raise AudioInputError(f"calibrate: audio item {index}: {error}") from error
 
 
 def fit_mel_exemplars(

@@ -32,8 +32,11 @@ import logging
 import math
 import os
 import random
+import re
 import shutil
+import socket
 import tempfile
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,7 +46,12 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from ..feature_extraction_whisper_gpt import WhisperGPTFeatureExtractor, normalize_audio_batch
+from ..feature_extraction_whisper_gpt import (
+    AudioInputError,
+    WhisperGPTFeatureExtractor,
+    check_sampling_rate,
+    normalize_audio_batch,
+)
 from ..processing_whisper_gpt import WhisperGPTProcessor
 from ..tokenization_whisper_gpt import WhisperGPTAudioTokenizer, small_encodec_config
 from .codec_fitting import calibrate, fit_encoder_to_mel, fit_mel_exemplars, initialize_encoder
@@ -54,6 +62,16 @@ logger = logging.getLogger(__name__)
 PREPARED_FORMAT = 1
 PREPARED_COLUMNS = ("path", "codes", "input_features", "num_frames")
 DEFAULT_CACHE_DIR = Path(os.environ.get("HF_DATASETS_CACHE", Path.home() / ".cache" / "huggingface" / "datasets"))
+# What one unreadable or invalid audio file raises: soundfile's decode/open errors and our own check of the audio.
+# Every step that walks over files (calibration, encoding, evaluation data) skips such a file with a warning that
+# names it; any other exception (out of memory, a bug) propagates.
+UNREADABLE_AUDIO_ERRORS = (sf.SoundFileError, AudioInputError)
+# Temporary folders of `prepare_dataset` carry this tag, the host and the process id, so a later run can tell the
+# leftovers of a killed run (process gone) from the work of one still running.
+_SCRATCH_TAG = "whisper-gpt-partial"
+_SCRATCH_PATTERN = re.compile(rf"^\..*\.{_SCRATCH_TAG}\.(?P<host>.+)\.(?P<pid>\d+)\.[A-Za-z0-9_]+$")
+# Leftovers of another host are removed after this long (its processes cannot be checked from here).
+_SCRATCH_MAX_AGE_S = 7 * 24 * 3600
 
 
 def load_audio(source: str | os.PathLike | bytes | dict) -> tuple[np.ndarray, int]:
@@ -64,21 +82,45 @@ def load_audio(source: str | os.PathLike | bytes | dict) -> tuple[np.ndarray, in
             ``Audio(decode=False)`` gives it) or ``{"array": ..., "sampling_rate": ...}`` (already decoded).
     Returns:
         (samples (N,) or (N, channels) float32, sampling rate).
+    Raises ``soundfile.SoundFileError`` for a file it cannot decode and `AudioInputError` (a ``ValueError``) for an
+    audio value without audio or with an implausible sampling rate (`check_sampling_rate`): together
+    ``UNREADABLE_AUDIO_ERRORS``.
     """
     if isinstance(source, dict):
         if source.get("array") is not None:
             if source.get("sampling_rate") is None:
-                raise ValueError("An audio value with an 'array' needs its 'sampling_rate'.")
-            return np.asarray(source["array"], dtype=np.float32), int(source["sampling_rate"])
+                raise AudioInputError("An audio value with an 'array' needs its 'sampling_rate'.")
+            return np.asarray(source["array"], dtype=np.float32), check_sampling_rate(source["sampling_rate"])
         if source.get("bytes") is not None:
             source = source["bytes"]
         elif source.get("path") is not None:
             source = source["path"]
         else:
-            raise ValueError(f"Audio value holds neither 'array', 'bytes' nor 'path': keys {sorted(source)}.")
+            raise AudioInputError(f"Audio value holds neither 'array', 'bytes' nor 'path': keys {sorted(source)}.")
     handle = io.BytesIO(source) if isinstance(source, bytes) else str(source)
     data, rate = sf.read(handle, dtype="float32", always_2d=False)
-    return data, int(rate)
+    return data, check_sampling_rate(rate, "the file's sampling rate")
+
+
+def _readable_clips(
+    items: Iterable[str | os.PathLike | np.ndarray], sampling_rate: int | None, target_sampling_rate: int, skipped: list
+) -> Iterator[np.ndarray]:
+    """Yield each item as a float32 mono clip at ``target_sampling_rate``; skip unreadable ones.
+
+    An item that raises one of ``UNREADABLE_AUDIO_ERRORS`` is logged as a warning with its name (the path, or
+    ``calibration_audio[i]`` for an array) and appended to ``skipped``; any other error propagates.
+    """
+    for index, item in enumerate(items):
+        is_array = isinstance(item, np.ndarray)
+        name = f"calibration_audio[{index}]" if is_array else str(item)
+        try:
+            audio, rate = (item, sampling_rate) if is_array else load_audio(item)
+            clip = normalize_audio_batch(audio, rate, target_sampling_rate)[0]
+        except UNREADABLE_AUDIO_ERRORS as error:
+            logger.warning("skipped %s: %s", name, error)
+            skipped.append(name)
+            continue
+        yield clip
 
 
 def build_processor(
@@ -107,8 +149,11 @@ def build_processor(
     such a codec) and Griffin-Lim instead (see `small_encodec_config`).
 
     Args:
-        calibration_audio: audio file paths, or arrays at ``sampling_rate``.
-        sampling_rate: rate of the arrays (ignored for paths, whose rate comes from the file).
+        calibration_audio: audio file paths, or arrays at ``sampling_rate``. A file that cannot be read or holds no
+            valid audio (``UNREADABLE_AUDIO_ERRORS``) is skipped with a warning naming it; a ValueError is raised
+            only when none is readable.
+        sampling_rate: rate of the arrays in Hz, 1 kHz to 384 kHz (`check_sampling_rate`); required for arrays,
+            ignored for paths, whose rate comes from the file.
         num_mel_bins: mel bins of the feature extractor; must equal the model config's ``num_mel_bins``.
         codebook_size: codes per codebook (the model's ``codebook_size``).
         bandwidth: codec bandwidth in kbps; 1.5 gives 2 codebooks, 6.0 gives 8.
@@ -119,9 +164,15 @@ def build_processor(
         seed: seeds the codec's random weights, the encoder fit and the k-means.
     Returns:
         (processor, calibration statistics from `calibrate`, plus those of the encoder
-        fit under ``"encoder_fit"`` when it ran and of `fit_mel_exemplars` under ``"mel_exemplars"``).
+        fit under ``"encoder_fit"`` when it ran and of `fit_mel_exemplars` under ``"mel_exemplars"``, and the names
+        of the skipped items under ``"skipped"``).
     """
     from transformers import EncodecModel
+
+    if sampling_rate is not None:
+        sampling_rate = check_sampling_rate(sampling_rate)
+    if encoder_steps < 0:
+        raise ValueError(f"encoder_steps must be 0 (no encoder fit) or positive, got {encoder_steps}.")
 
     # The codec's encoder weights are random; seeding makes the same call build the same codec.
     with torch.random.fork_rng():
@@ -130,14 +181,15 @@ def build_processor(
     tokenizer = WhisperGPTAudioTokenizer(codec, bandwidth=bandwidth, decoder_trained=False)
     feature_extractor = WhisperGPTFeatureExtractor(feature_size=num_mel_bins)
 
-    def clips() -> Iterator[tuple[np.ndarray, int]]:
-        for item in calibration_audio:
-            yield (item, sampling_rate) if isinstance(item, np.ndarray) else load_audio(item)
+    def checked(items: Iterable[Any]) -> Iterator[Any]:
+        for item in items:
+            if isinstance(item, np.ndarray) and sampling_rate is None:
+                raise ValueError("build_processor got audio arrays without their sampling_rate; pass sampling_rate=.")
+            yield item
 
+    skipped: list[str] = []
     # calibrate() takes one sampling rate for everything, so files are brought to the codec's rate first.
-    resampled = (normalize_audio_batch(clip, rate, tokenizer.sampling_rate)[0] for clip, rate in clips())
-    if encoder_steps < 0:
-        raise ValueError(f"encoder_steps must be 0 (no encoder fit) or positive, got {encoder_steps}.")
+    resampled = _readable_clips(checked(calibration_audio), sampling_rate, tokenizer.sampling_rate, skipped)
     head, seconds = [], 0.0  # the first encoder_seconds of audio: the encoder fit and the mel exemplars read it
     for clip in resampled:
         head.append(clip)
@@ -145,6 +197,11 @@ def build_processor(
         if seconds >= encoder_seconds:
             break
     if not head:
+        if skipped:
+            raise ValueError(
+                f"build_processor could read none of its {len(skipped)} calibration files (each skipped with a "
+                f"warning), e.g. {', '.join(skipped[:3])}. Pass readable audio files."
+            )
         raise ValueError("build_processor got no calibration audio.")
     fit_stats = {}
     if encoder_steps > 0:
@@ -170,6 +227,9 @@ def build_processor(
     if fit_stats:
         stats["encoder_fit"] = fit_stats
     stats["mel_exemplars"] = fit_mel_exemplars(tokenizer, head, feature_extractor, max_seconds=encoder_seconds)
+    stats["skipped"] = skipped
+    if skipped:
+        logger.warning("calibration skipped %d unreadable files: %s", len(skipped), ", ".join(skipped))
     processor = WhisperGPTProcessor(feature_extractor, tokenizer)
     return processor, stats
 
@@ -238,8 +298,9 @@ class _Encoder:
             try:
                 audio, rate = load_audio(value)
                 inputs = self.processor(audio=audio, sampling_rate=rate, return_tensors="np")
-            except (ValueError, RuntimeError, sf.LibsndfileError) as error:
-                # One unreadable or empty file should not cost the user the whole corpus.
+            except UNREADABLE_AUDIO_ERRORS as error:
+                # One unreadable or empty file should not cost the user the whole corpus; out-of-memory errors
+                # and bugs are no property of a file and propagate.
                 logger.warning("skipped %s: %s", name, error)
                 continue
             out["path"].append(name)
@@ -330,7 +391,10 @@ def prepare_dataset(
         progress: show the `datasets` progress bar.
     Returns:
         A `Dataset` (or `IterableDataset`) with columns ``path``, ``codes`` (T, K) uint16, ``input_features``
-        (T, M) float16 and ``num_frames``. Files that cannot be decoded are skipped with a warning.
+        (T, M) float16 and ``num_frames``. Files that cannot be decoded or hold no valid audio
+        (``UNREADABLE_AUDIO_ERRORS``) are skipped with a warning naming them; a ValueError is raised when none is
+        left. Any other error while encoding (out of memory, a bug) propagates. Temporary folders that a killed run
+        left in ``cache_dir`` are removed.
     """
     import datasets
 
@@ -374,7 +438,7 @@ def prepare_dataset(
         return datasets.load_from_disk(str(target))
 
     def write(folder: Path) -> None:
-        with tempfile.TemporaryDirectory(dir=cache_root, prefix=".map-") as scratch:
+        with tempfile.TemporaryDirectory(dir=cache_root, prefix=_scratch_prefix(".map")) as scratch:
             prepared = source.map(
                 encoder,
                 with_indices=True,
@@ -404,10 +468,12 @@ def prepare_dataset(
 def _save_atomically(target: Path, write: Any) -> None:
     """Call ``write(folder)`` on a temporary folder next to ``target`` and rename it into place.
 
-    A crash never leaves a half-written folder at ``target``, which a later run would take for a finished one.
+    A crash never leaves a half-written folder at ``target``, which a later run would take for a finished one; the
+    temporary folders a killed run leaves in ``target.parent`` are removed by the next call (`_remove_stale_scratch`).
     """
     target.parent.mkdir(parents=True, exist_ok=True)
-    partial = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+    _remove_stale_scratch(target.parent)
+    partial = Path(tempfile.mkdtemp(dir=target.parent, prefix=_scratch_prefix(f".{target.name}")))
     try:
         write(partial)
         if target.exists():  # another process finished the same work first
@@ -417,6 +483,46 @@ def _save_atomically(target: Path, write: Any) -> None:
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
+
+
+def _scratch_prefix(stem: str) -> str:
+    """Prefix of a temporary folder of this process: ``stem``, the tag, the host and the pid."""
+    return f"{stem}.{_SCRATCH_TAG}.{socket.gethostname()}.{os.getpid()}."
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def _remove_stale_scratch(parent: Path) -> None:
+    """Delete the temporary folders that killed runs left in ``parent``.
+
+    A folder named by `_scratch_prefix` is stale when it comes from this host and its process no longer runs, or
+    from another host and is older than ``_SCRATCH_MAX_AGE_S``. Folders of running processes are left alone.
+    """
+    if not parent.is_dir():
+        return
+    host, now = socket.gethostname(), time.time()
+    for path in parent.iterdir():
+        match = _SCRATCH_PATTERN.match(path.name)
+        if match is None or not path.is_dir():
+            continue
+        if match["host"] == host:
+            stale = not _process_alive(int(match["pid"]))
+        else:
+            try:
+                stale = now - path.stat().st_mtime > _SCRATCH_MAX_AGE_S
+            except FileNotFoundError:  # its owner just finished
+                continue
+        if stale:
+            logger.warning("removing %s, left by an interrupted run", path)
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def _crop_rng(seed: int, key: Sequence[int] | int | None) -> np.random.Generator | None:
@@ -680,6 +786,7 @@ def _prepare_command(args: Any) -> dict[str, Any]:
 
 
 __all__ = [
+    "UNREADABLE_AUDIO_ERRORS",
     "EpochShuffleSampler",
     "SlidingWindows",
     "TrainingCrops",
