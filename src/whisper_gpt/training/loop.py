@@ -42,6 +42,7 @@ import socket
 import sys
 import tempfile
 import time
+import uuid
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -335,9 +336,16 @@ class _OutputLock:
     @classmethod
     def acquire(cls, folder: Path) -> _OutputLock:
         path = folder / LOCK_FILE
-        record = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
-        staged = folder / f".{LOCK_FILE}.{os.getpid()}"
-        staged.write_text(json.dumps(record) + "\n")
+        record = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "token": uuid.uuid4().hex,  # tells this run's lock from a later one of the same process
+        }
+        handle, name = tempfile.mkstemp(prefix=f".{LOCK_FILE}.", dir=folder)
+        staged = Path(name)
+        with os.fdopen(handle, "w") as file:
+            file.write(json.dumps(record) + "\n")
         try:
             for attempt in range(2):
                 try:
@@ -633,9 +641,15 @@ def train(
 
     _check(config, model=model, processor=processor, train_dataset=train_dataset, validation_dataset=validation_dataset)
     output_dir = Path(config.output_dir)
+    on_cpu = not torch.accelerator.is_available()
+    if config.mixed_precision == "fp16" and on_cpu:
+        raise ValueError(
+            "mixed_precision='fp16' has no effect on the CPU (Accelerate trains in float32 there, as with 'no'): use "
+            "'bf16' for CPU autocast, or 'no'."
+        )
     accelerator = Accelerator(
         # Without a GPU, Accelerate only forms a multi-process (gloo) group when told to run on the CPU.
-        cpu=not torch.accelerator.is_available(),
+        cpu=on_cpu,
         mixed_precision=config.mixed_precision,
         log_with=_trackers(config),
         project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / LOGS_DIR)),
@@ -645,11 +659,6 @@ def train(
         raise ValueError(
             f"batch_size ({config.batch_size}) is the global batch and must be divisible by the number of processes "
             f"({accelerator.num_processes})."
-        )
-    if config.mixed_precision == "fp16" and accelerator.device.type == "cpu":
-        raise ValueError(
-            "mixed_precision='fp16' has no effect on the CPU (Accelerate trains in float32 there, as with 'no'): use "
-            "'bf16' for CPU autocast, or 'no'."
         )
     model_cfg = model.config if model is not None else model_config(config.preset, config.model_overrides)
     lock = _claim_output_dir(accelerator, config, model_cfg, calibrates=processor is None and not config.processor)
