@@ -9,12 +9,16 @@ evaluation reports NLL (nats per code), accuracy and perplexity through ``comput
 to per-example sums as they are produced, so evaluation never holds them all. The optimizer is the one
 ``whisper-gpt train`` uses (`whisper_gpt.training.loop.build_optimizer`); the Trainer adds its warmup + cosine
 schedule.
+
+OUTPUT_DIR/final is written into a temporary folder and renamed into place, so a kill leaves the previous final/ or
+none; a final/ that is already there is replaced only with --overwrite-output-dir.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +28,7 @@ from whisper_gpt import WhisperGPTForCausalLM, WhisperGPTProcessor
 from whisper_gpt.training import configure_torch
 from whisper_gpt.training.data import SlidingWindows, TrainingCrops, WhisperGPTDataCollator, prepare_dataset
 from whisper_gpt.training.evaluation import compute_metrics, preprocess_logits_for_metrics
-from whisper_gpt.training.loop import build_optimizer
+from whisper_gpt.training.loop import build_optimizer, replace_folder
 
 
 class _DropFeatures:
@@ -53,8 +57,15 @@ def finetune(
     seed: int = 0,
     cache_dir: str | None = None,
     report_to: str = "none",
+    overwrite_output_dir: bool = False,
 ) -> dict[str, float]:
-    """Fine-tune ``model_dir`` on the train split of ``data``; returns the final evaluation metrics."""
+    """Fine-tune ``model_dir`` on the train split of ``data``; returns the final evaluation metrics.
+
+    Raises ValueError when ``output_dir/final`` exists, unless ``overwrite_output_dir``.
+    """
+    final = Path(output_dir) / "final"
+    if final.exists() and not overwrite_output_dir:
+        raise ValueError(f"{final} holds an earlier fine-tuned model; pass --overwrite-output-dir to replace it.")
     configure_torch(num_processes=1)
     model = WhisperGPTForCausalLM.from_pretrained(model_dir)
     processor = WhisperGPTProcessor.from_pretrained(model_dir)
@@ -101,10 +112,12 @@ def finetune(
     trainer.train()
     metrics = trainer.evaluate()
     model.config.use_cache = True
-    final = Path(output_dir) / "final"
-    trainer.save_model(str(final))
-    processor.save_pretrained(str(final))
-    (final / "eval_results.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    partial = final.with_name(".final.partial")
+    shutil.rmtree(partial, ignore_errors=True)  # left by a killed earlier save
+    trainer.save_model(str(partial))
+    processor.save_pretrained(str(partial))
+    (partial / "eval_results.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    replace_folder(partial, final)
     return metrics
 
 
@@ -122,6 +135,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cache-dir", default=None)
     parser.add_argument("--report-to", default="none")
+    parser.add_argument("--overwrite-output-dir", action="store_true", help="replace an existing OUTPUT_DIR/final")
     args = parser.parse_args(argv)
     metrics = finetune(**{key.replace("-", "_"): value for key, value in vars(args).items()})
     print(json.dumps(metrics, indent=2))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib.util
 import json
 import logging
 import os
@@ -295,6 +296,15 @@ save_final(WhisperGPTForCausalLM(tiny_config()), processor, Path({str(final)!r})
     assert result.returncode == -signal.SIGKILL, result.stderr[-2000:]
     assert (final.with_name(".final.partial") / "model.safetensors").is_file()  # it was killed mid-save
     assert _digest(final) == previous
+
+
+def test_fine_tuning_into_a_folder_with_a_final_model_is_refused(setup):
+    spec = importlib.util.spec_from_file_location("finetune_trainer", TESTS.parent / "examples" / "finetune_trainer.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    (setup / "finetune-reused" / "final").mkdir(parents=True)
+    with pytest.raises(ValueError, match="--overwrite-output-dir"):
+        module.finetune("no-model-needed", str(setup / "audio"), str(setup / "finetune-reused"))
 
 
 def _record_calibration(setup: Path, output: str, corpus: str) -> Path:

@@ -563,7 +563,7 @@ def _write_atomically(path: Path, text: str) -> None:
     os.replace(partial, path)
 
 
-def _replace_folder(new: Path, target: Path) -> None:
+def replace_folder(new: Path, target: Path) -> None:
     """Put the complete folder ``new`` in place of ``target``: a kill leaves the previous ``target`` (possibly
     renamed aside to ``.NAME.old``) or the new one, never a mixture."""
     old = target.with_name(f".{target.name}.old")
@@ -1022,7 +1022,7 @@ def save_final(
     """Write the Hub-ready folder: model, generation config, processor (codec included), model card, metrics
     (eval_results.json, when given).
 
-    Everything is written into ``.NAME.partial`` beside ``folder`` and then renamed into place (`_replace_folder`),
+    Everything is written into ``.NAME.partial`` beside ``folder`` and then renamed into place (`replace_folder`),
     so a kill during the save leaves the previous ``folder`` or none, never a partial one.
     """
     from .model_card import build_model_card
@@ -1065,7 +1065,7 @@ def save_final(
         training_description=f"Trained with `whisper_gpt.training` (Accelerate) on {data}.",
     )
     card.save(folder / "README.md")
-    _replace_folder(folder, final)
+    replace_folder(folder, final)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -1234,6 +1234,7 @@ __all__ = [
     "latest_checkpoint",
     "model_config",
     "register_cli",
+    "replace_folder",
     "save_final",
     "seconds_per_step",
     "train",
