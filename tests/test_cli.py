@@ -62,7 +62,9 @@ def test_generate_greedy_is_deterministic_and_takes_no_sampling_options(tiny_pro
     for seed in ("1", "2"):  # greedy: the seed does not matter
         out = tmp_path / f"greedy{seed}.wav"
         chosen = main_run([*command, "--seed", seed, "--render", "codec", "--out", str(out)])
+        peak = chosen.pop("peak")
         assert chosen == {"mel_source": "codec", "renderer": "codec", "new_frames": 8}
+        assert np.abs(soundfile.read(out)[0]).max() == pytest.approx(peak, abs=1 / 32768)  # 16-bit WAV, unclipped
         waves.append(soundfile.read(out)[0])
     np.testing.assert_array_equal(*waves)
     with pytest.raises(ValueError, match="drop them with --greedy"):

@@ -5,7 +5,8 @@ only) and per codebook, plus the NLL as a function of the context length inside 
 split between processes without duplicates and their sums are added up across processes, so one process and
 several processes give the same numbers up to floating-point summation order.
 
-``whisper-gpt evaluate MODEL_DIR DATA`` runs it on a folder of audio, a built corpus or a saved dataset.
+``whisper-gpt evaluate MODEL_DIR DATA`` runs it on a folder of audio, a built corpus or a saved dataset; it prints
+the metrics and writes them (JSON) only where ``--output`` says, never into the model folder unasked.
 """
 
 from __future__ import annotations
@@ -104,20 +105,27 @@ def evaluate_model(
     """Score a model's next-frame predictions on a prepared dataset (see `whisper_gpt.training.data.prepare_dataset`).
 
     Files are cut into windows of ``window`` frames (default: the model's context) every ``stride`` frames (see
-    `SlidingWindows`). With an ``accelerator`` each process scores every ``num_processes``-th window and the sums
-    are added across processes, so no window is counted twice; every process gets the same result.
+    `SlidingWindows`), scored ``batch_size`` windows at a time. With an ``accelerator`` each process scores every
+    ``num_processes``-th window and the sums are added across processes, so no window is counted twice; every
+    process gets the same result.
 
     Returns:
         ``nll`` (mean nats per predicted code), ``accuracy``, ``perplexity`` (exp(nll)), ``tokens`` over all
         codebooks; the same under ``codebook_0`` and for each entry of ``per_codebook``; ``nll_by_context`` (entry
         c - 1: mean NLL of predictions made with c frames of context, ``None`` where there are none) with
         ``tokens_by_context``; and ``windows``, ``window`` and ``stride``.
+
+    Raises:
+        ValueError: ``batch_size`` < 1, ``window`` beyond the model's context, or a window/stride that
+            `SlidingWindows` refuses.
     """
     from tqdm.auto import tqdm
 
     unwrapped = accelerator.unwrap_model(model) if accelerator is not None else model
     config = unwrapped.config
-    window = window or config.max_position_embeddings
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
+    window = config.max_position_embeddings if window is None else window
     if window > config.max_position_embeddings:
         raise ValueError(f"window ({window}) exceeds the model's context ({config.max_position_embeddings} frames).")
     windows = SlidingWindows(dataset, window, stride)
@@ -150,7 +158,7 @@ def evaluate_model(
     if accelerator is not None and accelerator.num_processes > 1:
         sums.values = accelerator.reduce(sums.values, reduction="sum")
     metrics = sums.metrics()
-    metrics.update(windows=len(windows), window=window, stride=stride or window)
+    metrics.update(windows=len(windows), window=window, stride=window if stride is None else stride)
     return metrics
 
 
@@ -234,6 +242,8 @@ def plot_nll_by_context(metrics: dict[str, Any], path: str | os.PathLike, title:
 
 def register_cli(subparsers: argparse._SubParsersAction) -> None:
     """Add ``whisper-gpt evaluate MODEL_DIR DATA`` to an argparse subparsers object."""
+    from ..apps.cli import positive_int
+
     parser = subparsers.add_parser(
         "evaluate", help="NLL, accuracy and perplexity of a saved model on audio (overall, codebook 0, per codebook)"
     )
@@ -241,24 +251,37 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("data", help="a folder of audio files, a built corpus, or a dataset saved with save_to_disk")
     parser.add_argument("--split", default="validation", help="corpus split to score (default: validation)")
     parser.add_argument("--all-files", action="store_true", help="score every file of DATA, ignoring the split")
-    parser.add_argument("--output", help="JSON file to write (default: MODEL_DIR/evaluation.json)")
-    parser.add_argument("--plot", nargs="?", const="", default=None, help="also write a PNG of NLL by context")
-    parser.add_argument("--window", type=int, default=None, help="frames per window (default: the model's context)")
-    parser.add_argument("--stride", type=int, default=None, help="frames between windows (default: the window)")
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument(
+        "--output", help="JSON file to write the metrics to (default: none; MODEL_DIR/evaluation.json is one choice)"
+    )
+    parser.add_argument(
+        "--plot",
+        nargs="?",
+        const="",
+        default=None,
+        help="also write a PNG of NLL by context (default: beside --output)",
+    )
+    parser.add_argument(
+        "--window", type=positive_int, default=None, help="frames per window (default: the model's context)"
+    )
+    parser.add_argument(
+        "--stride", type=positive_int, default=None, help="frames between windows (default: the window)"
+    )
+    parser.add_argument("--batch-size", type=positive_int, default=8, help="windows scored at a time (default 8)")
     parser.add_argument("--cache-dir", default=None, help="where prepared data is cached")
-    parser.add_argument("--num-proc", type=int, default=None, help="processes encoding audio")
+    parser.add_argument("--num-proc", type=positive_int, default=None, help="processes encoding audio")
     parser.set_defaults(handler=_evaluate_command)
 
 
 def _evaluate_command(args: argparse.Namespace) -> dict[str, Any]:
-    from .. import WhisperGPTForCausalLM, WhisperGPTProcessor
+    from ..apps.cli import load_saved_model
     from .data import prepare_dataset
     from .loop import configure_torch
 
+    if args.plot == "" and not args.output:
+        raise ValueError("--plot without a file name writes beside --output; give --output or --plot FILE.png")
     configure_torch(num_processes=1)
-    model = WhisperGPTForCausalLM.from_pretrained(args.model_dir)
-    processor = WhisperGPTProcessor.from_pretrained(args.model_dir)
+    model, processor = load_saved_model(args.model_dir)
     model.validate_audio_tokenizer(processor.audio_tokenizer)
     dataset = prepare_dataset(
         args.data,
@@ -269,13 +292,14 @@ def _evaluate_command(args: argparse.Namespace) -> dict[str, Any]:
     )
     metrics = evaluate_model(model, dataset, window=args.window, stride=args.stride, batch_size=args.batch_size)
     metrics.update(model=str(args.model_dir), data=str(args.data), split=None if args.all_files else args.split)
-    output = Path(args.output) if args.output else Path(args.model_dir) / "evaluation.json"
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(metrics, indent=2) + "\n")
     print(format_metrics(metrics))
-    print(f"wrote {output}")
+    if args.output:
+        output = Path(args.output)
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(json.dumps(metrics, indent=2) + "\n")
+        print(f"wrote {output}")
     if args.plot is not None:
-        png = plot_nll_by_context(metrics, args.plot or output.with_suffix(".png"))
+        png = plot_nll_by_context(metrics, args.plot or Path(args.output).with_suffix(".png"))
         print(f"wrote {png}")
     return metrics
 

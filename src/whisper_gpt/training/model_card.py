@@ -161,10 +161,16 @@ def build_model_card(
 
 
 def push_to_hub(folder: str | os.PathLike, repo_id: str, private: bool | None = None, token: str | None = None) -> None:
-    """Upload a folder written by the training script: model, processor (codec included) and model card."""
+    """Upload a folder written by the training script: model, processor (codec included) and model card.
+
+    Raises:
+        FileNotFoundError: "no model folder at PATH" when ``folder`` is not a folder (nothing is uploaded).
+    """
     from .. import WhisperGPTForCausalLM, WhisperGPTProcessor
 
     folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"no model folder at {folder}")
     model = WhisperGPTForCausalLM.from_pretrained(folder)
     processor = WhisperGPTProcessor.from_pretrained(folder)
     model.push_to_hub(repo_id, private=private, token=token)
