@@ -537,3 +537,48 @@ def test_generation_errors_are_clear(tiny_processor):
         generate(model, tiny_processor, {**batch, "attention_mask": batch.attention_mask[:, :-1]}, max_new_tokens=2)
     token_only = make_model(use_spectrogram=False)
     assert token_only.generate(input_ids=batch.input_ids, max_new_tokens=2).shape[-1] == 25  # no codec needed
+
+
+def test_compiled_static_decoding_steps_give_the_eager_codes():
+    # backend="eager" traces the steps with fullgraph=True (no graph break allowed) without paying for code generation.
+    from transformers import CompileConfig
+
+    model = make_model(num_codebooks=3, use_mel_head=True, max_position_embeddings=24)
+    codes = torch.randint(0, TINY_CODEBOOK_SIZE, (2, 3, 10), generator=torch.Generator().manual_seed(1))
+    features = torch.randn(2, 10, TINY_MEL_BINS, generator=torch.Generator().manual_seed(2))
+    mask = torch.ones(2, 10, dtype=torch.long)
+    mask[1, 7:] = 0  # prompts of different lengths; 30 new frames slide past the 24-frame context
+    kwargs = dict(
+        input_features=features, attention_mask=mask, do_sample=False, max_new_tokens=30, mel_source="learned"
+    )
+    eager = model.generate(codes, **kwargs)
+    compiled = model.generate(
+        codes,
+        **kwargs,
+        cache_implementation="static",
+        compile_config=CompileConfig(fullgraph=True, backend="eager", dynamic=False, mode=None),
+    )
+    torch.testing.assert_close(compiled, eager, atol=0, rtol=0)
+    with pytest.raises(ValueError, match='cache_implementation="static"'):
+        model.generate(codes, **kwargs, compile_config=CompileConfig(backend="eager"))
+
+
+def test_a_failing_compiler_falls_back_to_the_eager_steps_with_a_warning(caplog):
+    from transformers import CompileConfig
+
+    def no_compiler(graph, example_inputs):
+        raise RuntimeError("no C++ compiler")
+
+    model = make_model(num_codebooks=3, use_spectrogram=False)
+    codes = torch.randint(0, TINY_CODEBOOK_SIZE, (1, 3, 6), generator=torch.Generator().manual_seed(3))
+    eager = model.generate(codes, do_sample=False, max_new_tokens=5)
+    with caplog.at_level("WARNING"):
+        fallen_back = model.generate(
+            codes,
+            do_sample=False,
+            max_new_tokens=5,
+            cache_implementation="static",
+            compile_config=CompileConfig(fullgraph=True, backend=no_compiler, mode=None),
+        )
+    torch.testing.assert_close(fallen_back, eager, atol=0, rtol=0)
+    assert "torch.compile failed" in caplog.text and "eager decoding steps" in caplog.text

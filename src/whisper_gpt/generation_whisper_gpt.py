@@ -30,9 +30,13 @@ from transformers.generation.logits_process import (
 )
 from transformers.generation.stopping_criteria import MaxLengthCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
+from transformers.masking_utils import create_causal_mask
+from transformers.utils import logging
 
 from .feature_extraction_whisper_gpt import WhisperGPTFeatureExtractor
 from .processing_whisper_gpt import WhisperGPTProcessor
+
+logger = logging.get_logger(__name__)
 
 
 def default_generation_config(config: Any) -> GenerationConfig:
@@ -318,7 +322,6 @@ REFUSED_FIELDS: dict[str, str] = {
     "output_hidden_states": "generate() does not collect them; run the model on the returned sequences instead",
     "cache_config": "the cache holds the model's context; set cache_implementation only",
     "max_cache_len": "the cache holds the model's context (max_position_embeddings frames)",
-    "compile_config": "generate() does not compile the model",
     "continuous_batching_config": "continuous batching is not supported",
     "prefill_chunk_size": "the prompt is prefilled in one pass",
 }
@@ -328,7 +331,7 @@ HONOURED_FIELDS = (
     "temperature top_k top_p min_p top_h typical_p epsilon_cutoff eta_cutoff repetition_penalty no_repeat_ngram_size "
     "bad_words_ids renormalize_logits forced_eos_token_id remove_invalid_values exponential_decay_length_penalty "
     "suppress_tokens begin_suppress_tokens sequence_bias num_return_sequences output_scores output_logits "
-    "return_dict_in_generate pad_token_id eos_token_id disable_compile"
+    "return_dict_in_generate pad_token_id eos_token_id compile_config disable_compile"
 ).split()
 CACHE_IMPLEMENTATIONS = (None, "dynamic", "static")
 # Arguments of transformers' generate() that this one cannot honour.
@@ -368,6 +371,11 @@ def check_generation_config(config: GenerationConfig) -> None:
     if config.cache_implementation not in CACHE_IMPLEMENTATIONS:
         raise ValueError(
             f'cache_implementation={config.cache_implementation!r} is not supported; use None, "dynamic" or "static".'
+        )
+    if config.compile_config is not None and not config.disable_compile and config.cache_implementation != "static":
+        raise ValueError(
+            "compile_config compiles the decoding steps, which needs tensors of fixed shape: pass "
+            'cache_implementation="static" too (or disable_compile=True).'
         )
     if config.pad_token_id is not None and config.eos_token_id is None:
         raise ValueError(
@@ -585,13 +593,6 @@ class WhisperGPTGenerationMixin(GenerationMixin):
         others = [processor for processor in processors if not isinstance(processor, EOS_PROCESSORS)]
         return [list(processors)] + [others] * (self.config.num_codebooks - 1)
 
-    def _new_cache(self, config: GenerationConfig) -> Cache | None:
-        if not config.use_cache:
-            return None
-        if config.cache_implementation == "static":
-            return StaticCache(config=self.config, max_cache_len=self.config.max_position_embeddings)
-        return DynamicCache(config=self.config)
-
     def _sample_frame(
         self,
         frame_state: torch.Tensor,
@@ -601,14 +602,17 @@ class WhisperGPTGenerationMixin(GenerationMixin):
         generator: torch.Generator | None,
         keep_scores: bool = False,
         keep_logits: bool = False,
+        steps: DecodingSteps | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """Pick the K codes of the next frame from the frame state (N, H); history (N, K, L) the codes so far.
+        ``steps`` runs the depth decoder (default: eager, a new DynamicCache per frame).
 
         Returns the codes (N, K) and, when asked, the processed scores and the raw logits (N, K, V).
         """
         num_codebooks = self.config.num_codebooks
         if num_codebooks > 1:  # codebook k conditions on the codes already picked for this frame
-            depth_cache = DynamicCache()
+            steps = steps or DecodingSteps(self)
+            depth_cache = steps.depth_cache()
             projected = self.depth_decoder.in_proj(frame_state)
         picked: list[torch.Tensor] = []
         all_scores, all_logits = [], []
@@ -617,7 +621,7 @@ class WhisperGPTGenerationMixin(GenerationMixin):
                 logits = self.lm_head(frame_state)
             else:
                 previous = picked[-1][:, 0] if picked else None
-                logits = self.depth_decoder.step(projected, previous, codebook, depth_cache)
+                logits = steps.depth(projected, previous, codebook, depth_cache)
             logits = logits.float()
             scores = logits
             for processor in codebook_processors[codebook]:  # called directly: LogitsProcessorList inspects
@@ -711,7 +715,8 @@ class _FrameLoop:
         window = _Window(codes, features if self.reads_mel else None, mask)
         if window.codes.shape[-1] > self.context:  # a prompt longer than the context: keep its newest frames
             window.crop(self.context - self.stride)
-        cache = model._new_cache(config)
+        steps = DecodingSteps(model, config)
+        cache = steps.new_cache()
         frame_state = window.prefill(model, cache)
         current = length
         for step in range(max_new):
@@ -723,6 +728,7 @@ class _FrameLoop:
                 self.generator,
                 keep_scores,
                 keep_logits,
+                steps,
             )
             if eos is not None:  # rows that ended go on with padding
                 new_codes = torch.where(unfinished[:, None], new_codes, pad)
@@ -748,12 +754,12 @@ class _FrameLoop:
                 break
             if window.codes.shape[-1] > self.context:  # context full: slide the window
                 window.crop(self.context - self.stride)
-                cache = model._new_cache(config)
+                cache = steps.new_cache(cache)
                 frame_state = window.prefill(model, cache)
             elif cache is None:
                 frame_state = window.prefill(model, None)
             else:
-                frame_state = window.step(model, cache)
+                frame_state = window.step(steps, cache)
         return sequences[..., :current], new_lengths, new_features, scores, logits
 
 
@@ -781,10 +787,98 @@ class _Window:
         """Run the whole window; returns the last frame's state (B, H)."""
         return model.decoding_step(self.codes, self.features, self.mask, self.positions(), cache)[:, -1]
 
-    def step(self, model: Any, cache: Cache) -> torch.Tensor:
+    def step(self, steps: DecodingSteps, cache: Cache) -> torch.Tensor:
         """Run the newest frame over the cached window; returns its state (B, H)."""
         features = None if self.features is None else self.features[:, -1:]
-        return model.decoding_step(self.codes[..., -1:], features, self.mask, self.positions()[:, -1:], cache)[:, -1]
+        return steps.frame(self.codes[..., -1:], features, self.mask, self.positions()[:, -1:], cache)[:, -1]
+
+
+class DecodingSteps:
+    """How generate() runs one new frame through the decoder and one codebook through the depth decoder.
+
+    Eager by default, with a `DynamicCache`. ``cache_implementation="static"`` gives both decoders caches of fixed
+    shape (the decoder's holds the context; the depth decoder's one slot per codebook, reset each frame), and the
+    decoder's mask is built before the step, so every step sees tensors of the same shapes. A ``compile_config``
+    (with the static cache) then runs both steps through `torch.compile` with its settings; where compiling fails
+    (no C++ compiler, an unsupported backend), a one-line warning says so and the steps run eagerly.
+    """
+
+    def __init__(self, model: Any, config: GenerationConfig | None = None):
+        self.model = model
+        self.use_cache = True if config is None else bool(config.use_cache)
+        self.static = config is not None and config.cache_implementation == "static"
+        self._depth_cache: Cache | None = None
+        self.frame_step = model.decoding_step
+        self.depth_step = model.depth_decoder.step if model.config.num_codebooks > 1 else None
+        # A compiled depth step takes the codebook as a tensor, so one graph serves every codebook after the first.
+        self.codebook_index: list[int] | list[torch.Tensor] = list(range(model.config.num_codebooks))
+        if self.static and config.compile_config is not None and not config.disable_compile:
+            self.codebook_index = [torch.tensor(k, device=model.device) for k in self.codebook_index]
+            settings = config.compile_config.to_dict()
+            options = {key: settings[key] for key in ("fullgraph", "dynamic", "backend", "mode", "options")}
+            self.frame_step = _eager_fallback(torch.compile(model.decoding_step, **options), model.decoding_step)
+            if self.depth_step is not None:
+                self.depth_step = _eager_fallback(torch.compile(self.depth_step, **options), self.depth_step)
+
+    def new_cache(self, previous: Cache | None = None) -> Cache | None:
+        """The decoder's cache for a new window (None without a cache); a static one is reused, reset."""
+        if not self.use_cache:
+            return None
+        if not self.static:
+            return DynamicCache(config=self.model.config)
+        if previous is not None:
+            previous.reset()
+            return previous
+        return StaticCache(config=self.model.config, max_cache_len=self.model.config.max_position_embeddings)
+
+    def frame(
+        self,
+        codes: torch.Tensor,
+        features: torch.Tensor | None,
+        mask: torch.Tensor,
+        positions: torch.Tensor,
+        cache: Cache,
+    ) -> torch.Tensor:
+        """One new frame over the cache: `decoding_step` of codes (B, K, 1) -> states (B, 1, H)."""
+        if self.static:  # fixed shapes and strides: the (B, 1, 1, context) mask is built outside the compiled step
+            shape = torch.empty(codes.shape[0], 1, 0, dtype=self.model.dtype, device=codes.device)
+            mask = create_causal_mask(
+                config=self.model.config, inputs_embeds=shape, attention_mask=mask, cache=cache, position_ids=positions
+            )
+            codes, positions = codes.contiguous(), positions.contiguous()
+            features = None if features is None else features.contiguous()
+        return self.frame_step(codes, features, mask, positions, cache)
+
+    def depth_cache(self) -> Cache:
+        """The depth decoder's cache for a new frame."""
+        if not self.static:
+            return DynamicCache()
+        if self._depth_cache is None:
+            self._depth_cache = self.model.depth_decoder.static_cache()
+        self._depth_cache.reset()
+        return self._depth_cache
+
+    def depth(
+        self, projected: torch.Tensor, previous: torch.Tensor | None, codebook: int, cache: Cache
+    ) -> torch.Tensor:
+        """Logits (N, V) of one codebook: `WhisperGPTDepthDecoder.step`."""
+        return self.depth_step(projected, previous, self.codebook_index[codebook], cache)
+
+
+def _eager_fallback(compiled: Any, eager: Any) -> Any:
+    """``compiled``, or ``eager`` from the first call on where compiling fails (with a one-line warning)."""
+    state = {"function": compiled}
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return state["function"](*args, **kwargs)
+        except torch._dynamo.exc.TorchDynamoException as error:
+            first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            logger.warning(f"torch.compile failed ({first_line}); generating with the eager decoding steps.")
+            state["function"] = eager
+            return eager(*args, **kwargs)
+
+    return call
 
 
 def _check_arguments(model_kwargs: dict[str, Any]) -> None:

@@ -189,20 +189,38 @@ class WhisperGPTDepthDecoder(nn.Module):
         return torch.einsum("nkd,kdv->nkv", self.norm(inputs), self.heads[:steps])
 
     def step(
-        self, projected_states: torch.Tensor, previous_code: torch.Tensor | None, codebook: int, cache: Cache
+        self,
+        projected_states: torch.Tensor,
+        previous_code: torch.Tensor | None,
+        codebook: int | torch.Tensor,
+        cache: Cache,
     ) -> torch.Tensor:
-        """Logits (N, V) of codebook ``codebook`` when sampling, one codebook per call with a KV cache.
+        """Logits (N, V) of codebook ``codebook`` when sampling, one codebook per call with a KV cache
+        (a `DynamicCache`, or `static_cache()` for a step that compiles).
 
         ``projected_states`` is ``in_proj(frame_states)`` (N, D); ``previous_code`` (N,) the code just picked for
-        codebook - 1 (None for codebook 0). Equals ``forward(...)[:, codebook]`` with the codes picked so far.
+        codebook - 1 (None for codebook 0); ``codebook`` an int or a 0-d tensor (one compiled graph for all).
+        Equals ``forward(...)[:, codebook]`` with the codes picked so far.
         """
-        inputs = projected_states + self.codebook_positions.weight[codebook]
+        if isinstance(codebook, torch.Tensor):  # looked up, not indexed: indexing by a tensor specialises on its value
+            position, head = self.codebook_positions(codebook), self.heads.index_select(0, codebook.view(1))[0]
+        else:
+            position, head = self.codebook_positions.weight[codebook], self.heads[codebook]
+        inputs = projected_states + position
         if previous_code is not None:
             inputs = inputs + self.code_embeddings(previous_code + (codebook - 1) * self.codebook_size)
-        hidden = inputs[:, None]  # (N, 1, D): one query sees every cached key, so no mask
+        hidden = inputs[:, None]  # (N, 1, D)
+        # One query sees every key of a growing cache; a static one also holds the slots of codebooks to come.
+        mask = None
+        if cache.is_compileable:
+            mask = create_causal_mask(config=self.config, inputs_embeds=hidden, attention_mask=None, cache=cache)
         for block in self.blocks:
-            hidden, _ = block(hidden, cache=cache)
-        return self.norm(hidden[:, 0]) @ self.heads[codebook]
+            hidden, _ = block(hidden, mask, cache=cache)
+        return self.norm(hidden[:, 0]) @ head
+
+    def static_cache(self) -> Cache:
+        """A cache of fixed shape for `step` (one slot per codebook); `Cache.reset()` readies it for a new frame."""
+        return Cache(layers=[StaticLayer(max_cache_len=self.num_codebooks) for _ in self.blocks])
 
 
 class WhisperGPTMelHead(nn.Module):
