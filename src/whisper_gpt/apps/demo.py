@@ -416,6 +416,8 @@ def run_demo(
             for key, (_, preset) in MODELS.items():
                 values = {
                     "output_dir": str(out / "models" / f"{domain}-{key}"),
+                    # A rerun of the demo replaces its own earlier models rather than refusing the folder.
+                    "overwrite_output_dir": True,
                     "train_data": str(corpora[domain]),
                     "processor": str(processor_dir),
                     "preset": preset,
