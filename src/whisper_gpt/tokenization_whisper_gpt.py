@@ -354,6 +354,26 @@ class WhisperGPTAudioTokenizer:
             f"decoder_trained={self.decoder_trained}, encoder_fitted_to_mel={self.encoder_fitted_to_mel})"
         )
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Picklable state: the codec as its config and weights (a weight-normalised module cannot be pickled).
+
+        The same codec always gives the same bytes, so `datasets` can fingerprint a function that uses it."""
+        state = self.__dict__.copy()
+        codec = state.pop("codec")
+        state["_codec_config"] = codec.config.to_dict()
+        state["_codec_weights"] = {key: value.detach().cpu() for key, value in codec.state_dict().items()}
+        state["_codec_placement"] = (str(codec.device), codec.dtype)
+        state["_silence_cache"] = {}
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        state = dict(state)
+        device, dtype = state.pop("_codec_placement")
+        codec = EncodecModel(EncodecConfig.from_dict(state.pop("_codec_config")))
+        codec.load_state_dict(state.pop("_codec_weights"))
+        self.__dict__.update(state)
+        self.codec = codec.to(device=device, dtype=dtype).eval()
+
     @classmethod
     def from_pretrained(
         cls, hub_id_or_dir: str | os.PathLike = DEFAULT_CODEC, bandwidth: float | None = None, **kwargs: Any
