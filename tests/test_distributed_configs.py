@@ -1,0 +1,311 @@
+"""The Accelerate configs under examples/accelerate/ and the torchrun route, on two CPU processes (gloo).
+
+Multi-node DDP runs as two "machines" of one process each on this host; torchrun trains through the CLI. FSDP: on
+a machine without GPUs Accelerate 1.16 never enters FSDP (its ``Accelerator`` makes every CPU run ``MULTI_CPU``,
+i.e. DDP, whatever the config says), so the FSDP config is checked as far as Accelerate goes on the CPU (its config
+loader and launcher turn it into FSDP2 settings wrapping every `WhisperGPTBlock`), and Accelerate's own FSDP2
+sharding of the model (`fsdp2_prepare_model`, as its ``prepare`` calls it) is then trained over gloo by torch and
+compared with one unsharded process.
+
+Run as a script (``torchrun --nproc_per_node 2 tests/test_distributed_configs.py fsdp2-worker CONFIG OUTPUT``),
+this file is one process of the FSDP2 check.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from audio_folder import write_audio_folder
+from conftest import tiny_config
+from safetensors.torch import load_file
+
+from whisper_gpt import WhisperGPTForCausalLM
+from whisper_gpt.training import TrainingConfig, train
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "examples" / "accelerate"
+# One tiny model for every run here: 2 codebooks (so the depth decoder and its blocks are there), the mel path's
+# blocks and the mel head (which reads the code embeddings a second time in each forward).
+MODEL = {"num_codebooks": 2, "use_mel_head": True}
+TINY_KEYS = set(tiny_config().__init__.__code__.co_varnames)
+
+
+def _free_port() -> str:
+    with socket.socket() as probe:  # a free port, so concurrent test runs do not collide
+        probe.bind(("127.0.0.1", 0))
+        return str(probe.getsockname()[1])
+
+
+def _launcher_environment(config_file: Path, *launch_args: str) -> tuple[Any, dict[str, str]]:
+    """What ``accelerate launch --config_file CONFIG LAUNCH_ARGS`` would pass a multi-process run: the parsed
+    launch arguments and the environment its launcher gives the processes (Accelerate's own code paths)."""
+    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+    from accelerate.utils.launch import prepare_multi_gpu_env
+
+    parsed = launch_command_parser().parse_args(["--config_file", str(config_file), *launch_args, "script.py"])
+    parsed, _, _ = _validate_launch_command(parsed)
+    return parsed, prepare_multi_gpu_env(parsed)
+
+
+def _fsdp2_worker(config_file: Path, output: Path) -> None:
+    """One process of the FSDP2 check (see the module docstring); rank 0 writes OUTPUT/result.json, the unsharded
+    reference's weights (reference.safetensors) and a plain save_pretrained folder of the gathered weights (final/);
+    every rank writes its shard of OUTPUT/checkpoint."""
+    from types import SimpleNamespace
+
+    import torch.distributed as dist
+    from accelerate import PartialState
+    from accelerate.utils import FullyShardedDataParallelPlugin, save_fsdp_model
+    from accelerate.utils.fsdp_utils import fsdp2_prepare_model
+    from safetensors.torch import save_file
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    from torch.distributed.fsdp import FSDPModule
+
+    from whisper_gpt.modeling_whisper_gpt import WhisperGPTBlock
+    from whisper_gpt.training.loop import build_optimizer
+
+    _, environment = _launcher_environment(config_file, "--num_processes", "2")
+    os.environ.update({key: value for key, value in environment.items() if key.startswith(("FSDP_", "ACCELERATE_"))})
+    torch.set_num_threads(1)
+    state = PartialState(cpu=True)  # the gloo group, as Accelerator(cpu=True) forms it (and the one it keeps)
+    rank, world = state.process_index, state.num_processes
+    plugin = FullyShardedDataParallelPlugin()  # reads the launcher's FSDP_* settings, as Accelerator does
+    accelerator = SimpleNamespace(
+        state=SimpleNamespace(fsdp_plugin=plugin),
+        device=torch.device("cpu"),
+        is_main_process=rank == 0,
+        process_index=rank,
+        num_processes=world,
+        mixed_precision="no",
+        torch_device_mesh=None,
+    )
+    torch.manual_seed(0)
+    config = tiny_config(**MODEL)
+    reference = WhisperGPTForCausalLM(config)
+    model = WhisperGPTForCausalLM(config)
+    model.load_state_dict(reference.state_dict())
+    model = fsdp2_prepare_model(accelerator, model)
+    blocks = [module for module in model.modules() if isinstance(module, WhisperGPTBlock)]
+    optimizer = build_optimizer(model, 1e-2)
+    reference_optimizer = build_optimizer(reference, 1e-2)
+
+    generator = torch.Generator().manual_seed(1)
+    sharded_losses, reference_losses = [], []
+    for _ in range(3):
+        # A global batch of 4 rows split 2 + 2: each rank's mean loss has as many targets as the other's, so the
+        # mean of the ranks' gradients (FSDP's reduce-scatter) is the gradient of the whole batch's mean loss.
+        codes = torch.randint(0, config.codebook_size, (4, config.num_codebooks, 24), generator=generator)
+        features = torch.randn(4, 24, config.num_mel_bins, generator=generator)
+        mine = slice(2 * rank, 2 * rank + 2)
+        loss = model(input_ids=codes[mine], input_features=features[mine], labels=codes[mine], use_cache=False).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        dist.all_reduce(global_loss := loss.detach().clone())
+        sharded_losses.append(float(global_loss) / world)
+        loss = reference(input_ids=codes, input_features=features, labels=codes, use_cache=False).loss
+        loss.backward()
+        reference_optimizer.step()
+        reference_optimizer.zero_grad()
+        reference_losses.append(float(loss))
+
+    local = {name: tensor.to_local().numel() for name, tensor in model.state_dict().items()}
+    save_fsdp_model(plugin, accelerator, model, str(output / "checkpoint"))
+    gathered = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if rank == 0:
+        # The sharded model's class is torch's FSDP subclass: a plain model takes the gathered weights for the save.
+        plain = WhisperGPTForCausalLM(config)
+        plain.load_state_dict(gathered)
+        plain.save_pretrained(output / "final")
+        save_file(
+            {name: tensor.contiguous() for name, tensor in reference.state_dict().items()},
+            output / "reference.safetensors",
+        )
+        result = {
+            "sharded_losses": sharded_losses,
+            "reference_losses": reference_losses,
+            "blocks": len(blocks),
+            "blocks_sharded": sum(isinstance(block, FSDPModule) for block in blocks),
+            "local_numel": sum(local.values()),
+            "numel": sum(tensor.numel() for tensor in reference.state_dict().values()),
+        }
+        (output / "result.json").write_text(json.dumps(result))
+    state.wait_for_everyone()
+    state.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory, tiny_processor) -> Path:
+    root = tmp_path_factory.mktemp("distributed")
+    write_audio_folder(root / "audio")
+    tiny_processor.save_pretrained(root / "processor")
+    return root
+
+
+def _settings(setup: Path) -> dict[str, Any]:
+    """The run every launch here trains: 3 steps of a global batch of 4, a checkpoint at step 2, validation."""
+    overrides = {key: value for key, value in tiny_config(**MODEL).to_diff_dict().items() if key in TINY_KEYS}
+    return {
+        "train_data": str(setup / "audio"),
+        "processor": str(setup / "processor"),
+        "preset": "custom",
+        "model_overrides": overrides,
+        "max_frames": 48,
+        "batch_size": 4,
+        "max_steps": 3,
+        "warmup_steps": 1,
+        "eval_every": 0,
+        "eval_batch_size": 4,
+        "eval_window": 64,
+        "save_every": 2,
+        "log_every": 1,
+        "cache_dir": str(setup / "cache"),
+        "report_to": "none",
+    }
+
+
+def _command_line(setup: Path, output: Path) -> list[str]:
+    """TRAIN_DATA OUTPUT_DIR and the options of `_settings` for ``whisper-gpt train`` / the example script."""
+    settings = _settings(setup)
+    arguments = [settings.pop("train_data"), str(output), "--no-progress"]
+    for key, value in settings.pop("model_overrides").items():
+        arguments.append(f"--set={key}={json.dumps(value)}")
+    for key, value in settings.items():
+        arguments += ["--" + key.replace("_", "-"), str(value)]
+    return arguments
+
+
+@pytest.fixture(scope="module")
+def one_process(setup) -> dict[str, Any]:
+    """The same run in this process: what two processes splitting each batch must reproduce."""
+    return train(TrainingConfig(output_dir=str(setup / "one"), progress=False, torch_threads=1, **_settings(setup)))
+
+
+def _assert_matches_one_process(output: Path, one_process: dict[str, Any]) -> None:
+    summary = json.loads((output / "training_summary.json").read_text())
+    assert summary["num_processes"] == 2 and summary["steps"] == 3
+    logged = [json.loads(line) for line in (output / "metrics.jsonl").read_text().splitlines()]
+    losses = [record["train/loss"] for record in logged if "train/loss" in record]
+    # Each process gets half of every global batch: the same losses up to float summation order.
+    assert losses == pytest.approx([record["train/loss"] for record in one_process["history"]], abs=1e-4)
+    assert summary["validation"]["nll"] == pytest.approx(one_process["validation"]["nll"], abs=2e-3)
+    assert summary["validation"]["tokens"] == one_process["validation"]["tokens"]
+    for rank in (0, 1):  # the checkpoint holds both processes' random states
+        assert (output / "checkpoints" / "step-00000002" / f"random_states_{rank}.pkl").is_file()
+    assert WhisperGPTForCausalLM.from_pretrained(output / "final").config.num_codebooks == MODEL["num_codebooks"]
+
+
+def _check(result: subprocess.CompletedProcess) -> None:
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+
+def _run_together(commands: list[list[str]], environments: list[dict[str, str]], logs: Path) -> None:
+    """Run processes that form one group and check that each succeeded. Their output goes to files under ``logs``
+    (a full pipe would stall a process its peers wait for); when one fails, the others, left waiting for it, are
+    killed with their children (each runs in its own session)."""
+    logs.mkdir(parents=True, exist_ok=True)
+    processes = []
+    try:
+        for index, (command, environment) in enumerate(zip(commands, environments, strict=True)):
+            with (logs / f"{index}.log").open("w") as log:
+                processes.append(
+                    subprocess.Popen(
+                        command, stdout=log, stderr=subprocess.STDOUT, env=environment, start_new_session=True
+                    )
+                )
+        deadline = time.monotonic() + 300
+        running = processes
+        while running and time.monotonic() < deadline and not any(process.returncode for process in processes):
+            time.sleep(0.2)
+            running = [process for process in running if process.poll() is None]
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+    for index, process in enumerate(processes):
+        assert process.returncode == 0, (
+            f"process {index} exited with {process.returncode}: " + (logs / f"{index}.log").read_text()[-4000:]
+        )
+
+
+def test_multi_node_ddp_config_trains_two_machines_of_one_process(setup, one_process):
+    config = CONFIGS / "multi_node_ddp.yaml"
+    output = setup / "multi-node"
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config), "--num_processes", "2"]
+    machine = ["--main_process_ip", "127.0.0.1", "--main_process_port", _free_port()]
+    script = [str(ROOT / "examples" / "train_accelerate.py"), *_command_line(setup, output)]
+    commands = [[*launch, "--machine_rank", str(rank), *machine, *script] for rank in (0, 1)]
+    _run_together(commands, [{**os.environ, "OMP_NUM_THREADS": "1"}] * 2, setup / "logs-multi-node")
+    _assert_matches_one_process(output, one_process)
+
+
+def test_torchrun_trains_through_the_cli_with_two_cpu_processes(setup, one_process):
+    output = setup / "torchrun"
+    run = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    command = [*run, "-m", "whisper_gpt.apps.cli", "train", *_command_line(setup, output)]
+    environment = {**os.environ, "OMP_NUM_THREADS": "1"}
+    _check(subprocess.run(command, capture_output=True, text=True, timeout=300, env=environment))
+    _assert_matches_one_process(output, one_process)
+
+
+def test_configs_parse_into_the_launch_they_describe():
+    from accelerate.commands.config.config_args import load_config_from_file
+    from accelerate.utils import DistributedType
+
+    multi_node = load_config_from_file(str(CONFIGS / "multi_node_ddp.yaml"))
+    assert multi_node.distributed_type == DistributedType.MULTI_GPU and multi_node.num_machines == 2
+    args, _ = _launcher_environment(
+        CONFIGS / "multi_node_ddp.yaml", "--machine_rank", "1", "--main_process_ip", "127.0.0.1"
+    )
+    assert (args.nnodes, args.node_rank, args.nproc_per_node) == ("2", 1, str(multi_node.num_processes // 2))
+    assert (args.rdzv_backend, args.rdzv_endpoint) == ("static", f"127.0.0.1:{multi_node.main_process_port}")
+
+    fsdp = load_config_from_file(str(CONFIGS / "fsdp.yaml"))
+    assert fsdp.distributed_type == DistributedType.FSDP and fsdp.fsdp_config["fsdp_version"] == 2
+    _, environment = _launcher_environment(CONFIGS / "fsdp.yaml", "--num_processes", "2")
+    assert environment["ACCELERATE_USE_FSDP"] == "true" and environment["FSDP_VERSION"] == "2"
+    assert environment["FSDP_AUTO_WRAP_POLICY"] == "TRANSFORMER_BASED_WRAP"
+    # The wrapped layer class is the model's one unsplittable layer, used by the decoder, mel path and depth decoder.
+    assert environment["FSDP_TRANSFORMER_CLS_TO_WRAP"].split(",") == WhisperGPTForCausalLM._no_split_modules
+    # The script's --mixed-precision decides the precision (Accelerator's argument overrides the launcher's).
+    assert {multi_node.mixed_precision, fsdp.mixed_precision} == {"no"}
+
+
+def test_fsdp2_sharding_of_the_config_trains_like_one_process_and_saves(tmp_path):
+    # The two workers are started directly, with the variables torchrun would set (a launcher process costs time).
+    common = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": _free_port()}
+    common.update({"WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2"})
+    command = [sys.executable, str(Path(__file__)), "fsdp2-worker", str(CONFIGS / "fsdp.yaml"), str(tmp_path)]
+    environments = [{**common, "RANK": str(rank), "LOCAL_RANK": str(rank)} for rank in (0, 1)]
+    _run_together([command, command], environments, tmp_path / "logs")
+    result = json.loads((tmp_path / "result.json").read_text())
+    config = tiny_config(**MODEL)
+    # Every block is its own shard unit: the decoder's, the mel path's and the depth decoder's.
+    layers = config.num_hidden_layers + config.spectrogram_layers + config.depth_num_layers
+    assert result["blocks"] == result["blocks_sharded"] == layers
+    assert result["local_numel"] < 0.6 * result["numel"]  # each of the 2 processes holds about half the weights
+    # Sharded over two processes, the model trains as one process on the whole batch.
+    assert result["sharded_losses"] == pytest.approx(result["reference_losses"], rel=1e-5)
+    shards = sorted(path.name for path in (tmp_path / "checkpoint").rglob("*.distcp"))
+    assert shards == ["__0_0.distcp", "__1_0.distcp"]
+    saved = WhisperGPTForCausalLM.from_pretrained(tmp_path / "final").state_dict()
+    reference = load_file(tmp_path / "reference.safetensors")
+    assert saved.keys() == reference.keys()
+    assert all(torch.allclose(saved[name], reference[name], atol=1e-5) for name in saved)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 4 or sys.argv[1] != "fsdp2-worker":
+        raise SystemExit(f"usage: torchrun --nproc_per_node 2 {sys.argv[0]} fsdp2-worker CONFIG OUTPUT")
+    _fsdp2_worker(Path(sys.argv[2]), Path(sys.argv[3]))
