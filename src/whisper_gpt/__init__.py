@@ -1,8 +1,12 @@
 """Whisper-GPT: a hybrid log-mel + EnCodec-token audio language model for the Hugging Face ecosystem.
 
 Importing the package registers the config, models, feature extractor and processor with the Auto classes,
-and marks them for `register_for_auto_class` so saved folders load with ``trust_remote_code=True``.
+and marks them for `register_for_auto_class` so saved folders load with ``trust_remote_code=True``. With ``peft``
+installed it also gives LoRA its default target modules for Whisper-GPT (`whisper_gpt.peft_support`).
 """
+
+import importlib.util
+import warnings
 
 from transformers import (
     AutoConfig,
@@ -42,6 +46,18 @@ WhisperGPTForCausalLM.register_for_auto_class("AutoModelForCausalLM")
 WhisperGPTFeatureExtractor.register_for_auto_class("AutoFeatureExtractor")
 WhisperGPTProcessor.register_for_auto_class("AutoProcessor")
 PIPELINE_REGISTRY.register_pipeline(TASK, pipeline_class=AudioContinuationPipeline, pt_model=AutoModelForCausalLM)
+
+if importlib.util.find_spec("peft") is not None:
+    try:
+        from .peft_support import register_lora_target_modules
+
+        register_lora_target_modules()
+    except ImportError as error:  # an installed but broken or incompatible peft must not break this package
+        warnings.warn(
+            f"peft is installed but could not be imported ({error}); LoraConfig then needs "
+            "target_modules=list(whisper_gpt.peft_support.LORA_TARGET_MODULES).",
+            stacklevel=2,
+        )
 
 __all__ = [
     "AudioContinuationPipeline",
