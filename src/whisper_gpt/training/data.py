@@ -5,25 +5,29 @@ Three steps:
 1. `build_processor`: fit a locally built EnCodec's encoder to the log-mel of training audio and calibrate its
    codebooks (k-means; `whisper_gpt.training.codec_fitting`), and wrap it with the causal log-mel feature
    extractor. Skip it when a trained codec is available (`WhisperGPTProcessor.from_pretrained`).
-2. `prepare_dataset`: a folder of audio files, a built corpus (`whisper_gpt.apps.corpus`) or a `datasets.Dataset` with
-   an audio column -> a `datasets.Dataset` with one row per file:
+2. `prepare_dataset`: audio -> a `datasets.Dataset` with one row per file:
 
    * ``codes``: (T, K) uint16 codec codes (frame-major, so `datasets` can store a variable T),
    * ``input_features``: (T, M) float16 causal log-mel frames, aligned 1:1 with the codes,
    * ``num_frames``: T, and ``path``: where the audio came from.
 
-   The result is saved with `Dataset.save_to_disk` under a fingerprint of the processor (feature extractor
-   settings, codec weights, bandwidth) and of the inputs (paths, sizes, modification times; or the input
-   dataset's own fingerprint), so a second run loads it memory-mapped instead of encoding again. Audio is decoded
-   with soundfile, never torchcodec. ``streaming=True`` instead returns a lazily encoded `IterableDataset`
-   (nothing is stored), split between processes with `datasets.distributed.split_dataset_by_node`.
+   It takes a folder of audio files, a built corpus (`whisper_gpt.apps.corpus`), a folder written by
+   ``save_to_disk``, a `datasets.Dataset` with an audio column, a streamed `datasets.IterableDataset`
+   (``load_dataset(..., streaming=True)``), or any of these already prepared (returned as they are, once checked
+   against the processor). The result is saved with `Dataset.save_to_disk` under a fingerprint of the processor
+   (feature extractor settings, codec weights, bandwidth) and of the inputs (paths, sizes, modification times; or
+   the input dataset's own fingerprint), so a second run loads it memory-mapped instead of encoding again. Audio is
+   decoded with soundfile, never torchcodec. A stream (or ``streaming=True``) instead gives a lazily encoded
+   `IterableDataset` (nothing is stored), split between processes with `datasets.distributed.split_dataset_by_node`.
 3. `WhisperGPTDataCollator`: rows -> padded model inputs, with fixed-length random crops for training;
-   `TrainingCrops` + `EpochShuffleSampler` make those crops reproducible (for exact resumption) and
-   `SlidingWindows` cuts whole files into evaluation windows.
+   `TrainingCrops` + `EpochShuffleSampler` make those crops reproducible (for exact resumption), `StreamedCrops`
+   makes the same examples from a stream with a position to resume from, and `SlidingWindows` cuts whole files
+   into evaluation windows.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import itertools
@@ -61,6 +65,17 @@ logger = logging.getLogger(__name__)
 # Bumped whenever the layout of a prepared dataset changes, so old caches are never read as new ones.
 PREPARED_FORMAT = 1
 PREPARED_COLUMNS = ("path", "codes", "input_features", "num_frames")
+# The splits of data that has none of its own (a folder, a single dataset): a file or row is in validation when a
+# hash of its path falls below VALIDATION_FRACTION (`whisper_gpt.apps.corpus` splits plain folders by the same rule).
+SPLITS = ("train", "validation")
+VALIDATION_FRACTION = 0.1
+# What `save_to_disk` writes at the top of a Dataset's or a DatasetDict's folder.
+SAVED_DATASET_FILES = ("dataset_info.json", "dataset_dict.json")
+ACCEPTED_FOLDERS = "a folder of audio files, a built corpus, or a dataset saved with save_to_disk"
+ACCEPTED_DATA = (
+    "an audio folder, a built corpus, a folder written by save_to_disk, or a datasets.Dataset, DatasetDict, "
+    "IterableDataset or IterableDatasetDict with an audio column or already prepared"
+)
 DEFAULT_CACHE_DIR = Path(os.environ.get("HF_DATASETS_CACHE", Path.home() / ".cache" / "huggingface" / "datasets"))
 # What one unreadable or invalid audio file raises: soundfile's decode/open errors and our own check of the audio.
 # Every step that walks over files (calibration, encoding, evaluation data) skips such a file with a warning that
@@ -103,16 +118,23 @@ def load_audio(source: str | os.PathLike | bytes | dict) -> tuple[np.ndarray, in
 
 
 def _readable_clips(
-    items: Iterable[str | os.PathLike | np.ndarray], sampling_rate: int | None, target_sampling_rate: int, skipped: list
+    items: Iterable[str | os.PathLike | np.ndarray | dict],
+    sampling_rate: int | None,
+    target_sampling_rate: int,
+    skipped: list,
 ) -> Iterator[np.ndarray]:
-    """Yield each item as a float32 mono clip at ``target_sampling_rate``; skip unreadable ones.
+    """Yield each item (a path, an array at ``sampling_rate`` or a `datasets` audio value, see `load_audio`) as a
+    float32 mono clip at ``target_sampling_rate``; skip unreadable ones.
 
     An item that raises one of ``UNREADABLE_AUDIO_ERRORS`` is logged as a warning with its name (the path, or
-    ``calibration_audio[i]`` for an array) and appended to ``skipped``; any other error propagates.
+    ``calibration_audio[i]`` for an array or an audio value without a path) and appended to ``skipped``; any other
+    error propagates.
     """
     for index, item in enumerate(items):
         is_array = isinstance(item, np.ndarray)
-        name = f"calibration_audio[{index}]" if is_array else str(item)
+        name = _describe(item, index)
+        if name.startswith("row "):
+            name = f"calibration_audio[{index}]"
         try:
             audio, rate = (item, sampling_rate) if is_array else load_audio(item)
             clip = normalize_audio_batch(audio, rate, target_sampling_rate)[0]
@@ -124,7 +146,7 @@ def _readable_clips(
 
 
 def build_processor(
-    calibration_audio: Iterable[str | os.PathLike | np.ndarray],
+    calibration_audio: Iterable[str | os.PathLike | np.ndarray | dict],
     sampling_rate: int | None = None,
     *,
     num_mel_bins: int = 80,
@@ -149,7 +171,8 @@ def build_processor(
     such a codec) and Griffin-Lim instead (see `small_encodec_config`).
 
     Args:
-        calibration_audio: audio file paths, or arrays at ``sampling_rate``. A file that cannot be read or holds no
+        calibration_audio: audio file paths, arrays at ``sampling_rate``, or `datasets` audio values (see
+            `load_audio`; `dataset_audio` gives those of a dataset). A file that cannot be read or holds no
             valid audio (``UNREADABLE_AUDIO_ERRORS``) is skipped with a warning naming it; a ValueError is raised
             only when none is readable.
         sampling_rate: rate of the arrays in Hz, 1 kHz to 384 kHz (`check_sampling_rate`); required for arrays,
@@ -319,19 +342,130 @@ def _describe(value: Any, row: int) -> str:
     return f"row {row}"
 
 
-def _source_rows(data: Any, split: str | None, audio_column: str) -> tuple[Any, str, str, str]:
-    """Normalise the input of `prepare_dataset`.
+def _unit_hash(text: str) -> float:
+    """A stable number in [0, 1) for ``text`` (Python's hash() changes between processes)."""
+    return int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:8], "big") / 2.0**64
 
-    Returns (dataset of audio references, its audio column, a fingerprint of the inputs, a short name).
+
+def _row_key(value: Any) -> str:
+    """What decides a dataset row's split: its audio's path, else a hash of its audio (or of its codes, for a
+    prepared row without a path), so a row keeps its split however the rows are ordered or sharded."""
+    if isinstance(value, (str, os.PathLike)):
+        return str(value)
+    content = value
+    if isinstance(value, dict):
+        if value.get("path"):
+            return str(value["path"])
+        content = value["bytes"] if value.get("bytes") is not None else value.get("array")
+    if isinstance(content, (bytes, bytearray)):
+        data = bytes(content)
+    else:  # float32 whatever the input's format, so a list and an array of the same values agree
+        data = np.ascontiguousarray(np.asarray(content, dtype=np.float32)).tobytes()
+    return hashlib.sha256(data).hexdigest()
+
+
+def _split_of(key: str) -> str:
+    return "validation" if _unit_hash(key) < VALIDATION_FRACTION else "train"
+
+
+def _check_split_name(split: str) -> None:
+    if split not in SPLITS:
+        raise ValueError(
+            f"Unknown split {split!r} for a dataset without splits: expected one of {', '.join(SPLITS)}, or None for "
+            "all rows (a DatasetDict's splits are chosen by their own names)."
+        )
+
+
+def _split_rows(rows: Any, split: str, key_column: str) -> Any:
+    """The rows of a map-style dataset in ``split``, chosen as a plain folder's files are (`_row_key`): a row is in
+    validation when the hash of its key falls in the lowest ``VALIDATION_FRACTION``; with two or more rows each split
+    gets at least one."""
+    _check_split_name(split)
+    scores = []
+    for batch in rows.select_columns([key_column]).iter(batch_size=256):
+        scores.extend(_unit_hash(_row_key(value)) for value in batch[key_column])
+    splits = ["validation" if score < VALIDATION_FRACTION else "train" for score in scores]
+    if len(scores) >= 2 and "validation" not in splits:
+        splits[int(np.argmin(scores))] = "validation"
+    if len(scores) >= 2 and "train" not in splits:
+        splits[int(np.argmax(scores))] = "train"
+    chosen = [index for index, name in enumerate(splits) if name == split]
+    if not chosen:
+        raise ValueError(
+            f"The dataset has {len(scores)} row(s), none of them in the {split!r} split: give more rows, or split=None "
+            "to use all of them."
+        )
+    return rows.select(chosen)
+
+
+@dataclass
+class _Source:
+    """The input of `prepare_dataset`, resolved.
+
+    ``rows`` (a `datasets.Dataset` or `IterableDataset`) hold audio references in ``column``, or are already prepared
+    (``column`` None); ``columns`` are their column names; ``fingerprint`` identifies map-style rows (None for a
+    stream, which has none); ``name`` names them in messages and cache folders.
     """
+
+    rows: Any
+    column: str | None
+    columns: list[str]
+    fingerprint: str | None
+    name: str
+
+    @property
+    def streamed(self) -> bool:
+        import datasets
+
+        return isinstance(self.rows, datasets.IterableDataset)
+
+
+def is_saved_dataset(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a folder written by `Dataset.save_to_disk` or `DatasetDict.save_to_disk`."""
+    return any((Path(path) / name).is_file() for name in SAVED_DATASET_FILES)
+
+
+def _load_saved(path: Path) -> Any:
+    """`datasets.load_from_disk`, refusing first what it cannot load: a dataset (or a split) saved without rows."""
+    import datasets
+
+    folders = [path]
+    if (path / "dataset_dict.json").is_file():
+        folders = [path / name for name in json.loads((path / "dataset_dict.json").read_text()).get("splits", [])]
+    for folder in folders:
+        state = folder / "state.json"
+        if state.is_file() and not json.loads(state.read_text()).get("_data_files"):
+            raise ValueError(f"{folder} holds a dataset without rows: there is no audio to use.")
+    return datasets.load_from_disk(str(path))
+
+
+def _audio_column(columns: list[str], audio_column: str, what: str) -> str | None:
+    """``audio_column``, or None for rows that are already prepared; refuses rows that are neither."""
+    if set(PREPARED_COLUMNS[1:]) <= set(columns):
+        return None
+    if audio_column in columns:
+        return audio_column
+    raise ValueError(
+        f"{what} has no column {audio_column!r} and is not a prepared dataset (which has the columns "
+        f"{', '.join(PREPARED_COLUMNS[1:])}); its columns: {', '.join(columns) or 'none'}. Pass audio_column= the "
+        "column that holds the audio."
+    )
+
+
+def _open_source(data: Any, split: str | None, audio_column: str, rank: int = 0, world_size: int = 1) -> _Source:
+    """Resolve any input that `prepare_dataset` accepts (see there) into a `_Source` holding ``split``; a stream
+    is first cut to process ``rank``'s share of ``world_size``, so this process reads nothing of the others'."""
     import datasets
 
     if isinstance(data, (str, os.PathLike)):
         path = Path(data)
+        if not path.exists():
+            raise FileNotFoundError(f"no data at {path}: expected {ACCEPTED_FOLDERS}")
         if not path.is_dir():
-            raise ValueError(f"{path} is not a folder of audio files, a built corpus or a saved dataset.")
-        if (path / "dataset_info.json").is_file() or (path / "dataset_dict.json").is_file():
-            return _source_rows(datasets.load_from_disk(str(path)), split, audio_column)
+            raise NotADirectoryError(f"{path} is a file, not {ACCEPTED_FOLDERS}")
+        if is_saved_dataset(path):
+            source = _open_source(_load_saved(path), split, audio_column, rank, world_size)
+            return dataclasses.replace(source, name=f"{path.resolve().name}-{split or 'all'}")
         from ..apps.corpus import audio_files
 
         files = audio_files(path, split=split)
@@ -342,24 +476,92 @@ def _source_rows(data: Any, split: str | None, audio_column: str) -> tuple[Any, 
             stat = file.stat()
             digest.update(f"{file.resolve()}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
         name = f"{path.resolve().name}-{split or 'all'}"
-        return datasets.Dataset.from_dict({"file": [str(f) for f in files]}), "file", digest.hexdigest(), name
-    if isinstance(data, datasets.DatasetDict):
+        rows = datasets.Dataset.from_dict({"file": [str(f) for f in files]})
+        return _Source(rows, "file", ["file"], digest.hexdigest(), name)
+    if isinstance(data, (datasets.DatasetDict, datasets.IterableDatasetDict)):
         if split is None or split not in data:
-            raise ValueError(f"Pass split= one of {sorted(data)} to prepare a DatasetDict.")
-        data = data[split]
+            problem = "pass split= one of them" if split is None else f"it has no split {split!r}"
+            raise ValueError(f"The dataset has the splits {', '.join(sorted(data))}: {problem}.")
+        source = _open_source(data[split], None, audio_column, rank, world_size)
+        return dataclasses.replace(source, name=f"dataset-{split}")
     if isinstance(data, datasets.Dataset):
-        if audio_column not in data.column_names:
-            raise ValueError(
-                f"The dataset has no column {audio_column!r} (columns: {data.column_names}); pass audio_column=."
-            )
-        if isinstance(data.features[audio_column], datasets.Audio):
+        column = _audio_column(data.column_names, audio_column, "The dataset")
+        rows, fingerprint = data, data._fingerprint
+        if column is not None and isinstance(data.features[column], datasets.Audio):
             # Decoding through `datasets` needs torchcodec; soundfile reads the raw bytes or paths instead.
-            data = data.cast_column(audio_column, datasets.Audio(decode=False))
-        return data, audio_column, data._fingerprint, f"dataset-{split or 'all'}"
-    raise ValueError(
-        f"Cannot prepare {type(data).__name__}: pass an audio folder, a built corpus, or a datasets.Dataset with an "
-        "audio column."
-    )
+            rows = rows.cast_column(column, datasets.Audio(decode=False))
+        if split is not None:
+            rows = _split_rows(rows, split, column or ("path" if "path" in data.column_names else "codes"))
+            fingerprint = hashlib.sha256(f"{fingerprint}\0{split}".encode()).hexdigest()
+        return _Source(rows, column, list(data.column_names), fingerprint, f"dataset-{split or 'all'}")
+    if isinstance(data, datasets.IterableDataset):
+        if world_size > 1:
+            from datasets.distributed import split_dataset_by_node
+
+            data = split_dataset_by_node(data, rank=rank, world_size=world_size)
+        columns = data.column_names
+        if columns is None:  # a stream whose features are unknown until it is read
+            first = next(iter(data.take(1)), None)
+            if first is None:
+                raise ValueError("The stream is empty: it yielded no rows.")
+            columns = list(first)
+        column = _audio_column(columns, audio_column, "The stream")
+        stream = data
+        if column is not None and data.features is not None and isinstance(data.features[column], datasets.Audio):
+            stream = stream.cast_column(column, datasets.Audio(decode=False))
+        if split is not None:
+            # A stream cannot be looked at ahead, so unlike a map-style dataset a split may come out empty.
+            _check_split_name(split)
+            key = column or ("path" if "path" in columns else "codes")
+            stream = stream.filter(lambda row: _split_of(_row_key(row[key])) == split)
+        return _Source(stream, column, list(columns), None, f"stream-{split or 'all'}")
+    raise ValueError(f"Cannot prepare {type(data).__name__}: pass {ACCEPTED_DATA}.")
+
+
+def _prepared_record(processor: WhisperGPTProcessor) -> str:
+    """The description a prepared dataset carries: its layout version and the processor that made it."""
+    return json.dumps({"whisper_gpt_prepared": PREPARED_FORMAT, "processor": processor_fingerprint(processor)})
+
+
+def _check_prepared(rows: Any, processor: WhisperGPTProcessor, name: str) -> None:
+    """Refuse prepared rows that ``processor`` did not make: another processor's record, or codes or mel frames of
+    another width."""
+    import datasets
+
+    try:
+        record = json.loads(rows.info.description or "")
+    except ValueError:
+        record = None
+    advice = "prepare the audio again with this processor, or use the processor the data was prepared with"
+    if isinstance(record, dict) and "whisper_gpt_prepared" in record:
+        if record["whisper_gpt_prepared"] != PREPARED_FORMAT:
+            raise ValueError(
+                f"{name} was prepared in layout {record['whisper_gpt_prepared']}; this version reads layout "
+                f"{PREPARED_FORMAT}: prepare the audio again."
+            )
+        if record.get("processor") != processor_fingerprint(processor):
+            raise ValueError(f"{name} was prepared with another processor (codec or feature settings): {advice}.")
+    features = rows.features or {}
+    expected = {
+        "codes": (processor.audio_tokenizer.num_codebooks, "codebooks"),
+        "input_features": (processor.feature_extractor.feature_size, "mel bins"),
+    }
+    for column, (width, unit) in expected.items():
+        feature = features.get(column)
+        if isinstance(feature, datasets.Array2D) and feature.shape[1] != width:
+            raise ValueError(
+                f"{name} holds {column} of {feature.shape[1]} {unit}, the processor makes {width}: {advice}."
+            )
+
+
+def _as_stream(rows: Any, world_size: int) -> Any:
+    """A map-style dataset as a stream, in shards that divide evenly between ``world_size`` processes (each then
+    reads only its own shards) where it has enough rows."""
+    count = len(rows)
+    if count == 0:
+        raise ValueError("The dataset is empty: it has no rows to stream.")
+    shards = min(count, 4 * world_size) // world_size * world_size if count >= world_size else count
+    return rows.to_iterable_dataset(num_shards=shards)
 
 
 def prepare_dataset(
@@ -371,7 +573,7 @@ def prepare_dataset(
     cache_dir: str | os.PathLike | None = None,
     batch_size: int = 8,
     num_proc: int | None = None,
-    streaming: bool = False,
+    streaming: bool | None = None,
     rank: int | None = None,
     world_size: int | None = None,
     progress: bool = True,
@@ -379,22 +581,39 @@ def prepare_dataset(
     """Encode audio into a `datasets.Dataset` of aligned codes and causal log-mel frames (one row per file).
 
     Args:
-        data: a folder of audio files or a built corpus (``split`` picks "train"/"validation"), a folder written
-            by `Dataset.save_to_disk`, or a `datasets.Dataset` / `DatasetDict` with an ``audio_column`` holding
-            `Audio` values (decoded with soundfile) or ``{"array", "sampling_rate"}`` dicts.
+        data: any of
+            * a folder of audio files or a built corpus (`whisper_gpt.apps.corpus`);
+            * a folder written by ``save_to_disk`` (a `Dataset` or `DatasetDict`), holding audio or already
+              prepared rows;
+            * a `datasets.Dataset` / `DatasetDict` with an ``audio_column`` holding `Audio` values (decoded with
+              soundfile), paths or ``{"array", "sampling_rate"}`` dicts;
+            * a `datasets.IterableDataset` / `IterableDatasetDict` (``load_dataset(..., streaming=True)``) with
+              such a column;
+            * any of these already prepared (the columns ``codes``, ``input_features``, ``num_frames``): returned as
+              they are, after checking that ``processor`` made them (the processor a prepared dataset records, and
+              the widths of its codes and mel frames).
+        split: which part of ``data``: a `DatasetDict`'s split by name; ``"train"`` or ``"validation"`` of anything
+            else, chosen by file as for a folder (a row is in validation when a hash of its audio's path, or of its
+            audio where it has no path, falls in the lowest 10%; a map-style dataset of two or more rows gives each
+            split at least one, a stream cannot be looked at ahead and may give an empty one); None: all of it.
         processor: turns audio into codes and features; part of the cache key.
         cache_dir: where prepared datasets live (default: ``$HF_DATASETS_CACHE/whisper_gpt``).
         batch_size: files per `datasets.map` batch.
-        num_proc: worker processes encoding in parallel (each loads the processor once and uses one thread).
-        streaming: return a lazily encoded `IterableDataset` instead (no cache; for corpora larger than memory or
-            disk). With ``world_size`` > 1 it is split between processes, process ``rank`` getting its share.
+        num_proc: worker processes encoding in parallel (each loads the processor once and uses one thread); not
+            for a stream, which the process reading it encodes.
+        streaming: return a lazily encoded `IterableDataset` (nothing is stored; for corpora larger than memory or
+            disk) instead of a cached `Dataset`. Default: a stream for a stream, a `Dataset` otherwise; a stream
+            cannot be stored (it has no fingerprint to cache it by), so ``streaming=False`` refuses one.
+        rank, world_size: with ``world_size`` > 1 the returned stream is process ``rank``'s share
+            (`datasets.distributed.split_dataset_by_node`, applied before encoding, so each process encodes only
+            its own files).
         progress: show the `datasets` progress bar.
     Returns:
         A `Dataset` (or `IterableDataset`) with columns ``path``, ``codes`` (T, K) uint16, ``input_features``
-        (T, M) float16 and ``num_frames``. Files that cannot be decoded or hold no valid audio
-        (``UNREADABLE_AUDIO_ERRORS``) are skipped with a warning naming them; a ValueError is raised when none is
-        left. Any other error while encoding (out of memory, a bug) propagates. Temporary folders that a killed run
-        left in ``cache_dir`` are removed.
+        (T, M) float16 and ``num_frames``, whose ``info.description`` records the processor. Files that cannot be
+        decoded or hold no valid audio (``UNREADABLE_AUDIO_ERRORS``) are skipped with a warning naming them; a
+        ValueError is raised when none is left. Any other error while encoding (out of memory, a bug) propagates.
+        Temporary folders that a killed run left in ``cache_dir`` are removed.
     """
     import datasets
 
@@ -402,36 +621,62 @@ def prepare_dataset(
         raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
     if num_proc is not None and num_proc < 1:
         raise ValueError(f"num_proc must be at least 1 or None, got {num_proc}.")
-    source, column, source_fingerprint, name = _source_rows(data, split, audio_column)
-    if {"codes", "input_features", "num_frames"} <= set(source.column_names):
-        return source  # already prepared (e.g. a folder written by save_to_disk)
-    features = prepared_features(processor)
-    fingerprint = hashlib.sha256(
-        f"{PREPARED_FORMAT}\0{processor_fingerprint(processor)}\0{source_fingerprint}".encode()
-    ).hexdigest()[:20]
-    cache_root = Path(cache_dir) if cache_dir is not None else DEFAULT_CACHE_DIR / "whisper_gpt"
-    processor_dir = cache_root / "processors" / processor_fingerprint(processor)[:20]
-    if not (processor_dir / "audio_tokenizer").is_dir():
-        _save_atomically(processor_dir, processor.save_pretrained)
-    encoder = _Encoder(str(processor_dir), column, processor if not num_proc or num_proc == 1 else None)
-
-    if streaming:
-        shards = max(1, min(len(source), (world_size or 1) * max(1, num_proc or 1) * 4))
-        stream = source.to_iterable_dataset(num_shards=shards)
-        stream = stream.map(
-            encoder,
-            with_indices=True,
-            batched=True,
-            batch_size=batch_size,
-            remove_columns=source.column_names,
-            features=features,
+    if world_size is not None and world_size < 1:
+        raise ValueError(f"world_size must be at least 1, got {world_size}.")
+    if rank is not None and not 0 <= rank < (world_size or 1):
+        raise ValueError(f"rank must be between 0 and world_size - 1 ({(world_size or 1) - 1}), got {rank}.")
+    source = _open_source(data, split, audio_column, rank or 0, world_size or 1)
+    streamed = source.streamed if streaming is None else streaming
+    if source.streamed and not streamed:
+        raise ValueError(
+            "streaming=False asks for a stored dataset, but a stream cannot be cached (it has no fingerprint): "
+            "leave streaming unset to encode it as it is read, or load the data as a datasets.Dataset."
         )
-        if world_size is not None and world_size > 1:
+    if (world_size or 1) > 1 and not streamed:
+        raise ValueError("rank and world_size split a stream between processes: pass streaming=True as well.")
+    if streamed and (num_proc or 1) > 1:
+        raise ValueError("num_proc encodes a stored dataset in parallel; the process reading a stream encodes it.")
+
+    def shared(rows: Any) -> Any:
+        """``rows`` as this process's share of a stream (a stream input is already cut to it)."""
+        if isinstance(rows, datasets.IterableDataset):
+            return rows
+        stream = _as_stream(rows, world_size or 1)
+        if (world_size or 1) > 1:
             from datasets.distributed import split_dataset_by_node
 
             stream = split_dataset_by_node(stream, rank=rank or 0, world_size=world_size)
         return stream
 
+    if source.column is None:  # already prepared
+        _check_prepared(source.rows, processor, source.name)
+        return shared(source.rows) if streamed else source.rows
+    features = prepared_features(processor)
+    cache_root = Path(cache_dir) if cache_dir is not None else DEFAULT_CACHE_DIR / "whisper_gpt"
+    processor_dir = cache_root / "processors" / processor_fingerprint(processor)[:20]
+    if not (processor_dir / "audio_tokenizer").is_dir():
+        _save_atomically(processor_dir, processor.save_pretrained)
+    encoder = _Encoder(str(processor_dir), source.column, processor if not num_proc or num_proc == 1 else None)
+
+    if streamed:
+        stream = shared(source.rows).map(
+            encoder,
+            with_indices=True,
+            batched=True,
+            batch_size=batch_size,
+            remove_columns=source.columns,
+            features=features,
+        )
+        stream.info.description = _prepared_record(processor)
+        return stream
+
+    source_rows = source.rows
+    if len(source_rows) == 0:
+        raise ValueError(f"{source.name} is empty: it has no audio to prepare.")
+    fingerprint = hashlib.sha256(
+        f"{PREPARED_FORMAT}\0{processor_fingerprint(processor)}\0{source.fingerprint}".encode()
+    ).hexdigest()[:20]
+    name = source.name
     target = cache_root / f"{name}-{fingerprint}"
     if (target / "dataset_info.json").is_file():
         logger.info("loading prepared %s from the cache %s", name, target)
@@ -439,20 +684,21 @@ def prepare_dataset(
 
     def write(folder: Path) -> None:
         with tempfile.TemporaryDirectory(dir=cache_root, prefix=_scratch_prefix(".map")) as scratch:
-            prepared = source.map(
+            prepared = source_rows.map(
                 encoder,
                 with_indices=True,
                 batched=True,
                 batch_size=batch_size,
                 num_proc=num_proc,
-                remove_columns=source.column_names,
+                remove_columns=source_rows.column_names,
                 features=features,
                 cache_file_name=str(Path(scratch) / "encoded.arrow"),
                 new_fingerprint=fingerprint,
                 desc=f"Encoding {name}",
             )
             if len(prepared) == 0:
-                raise ValueError(f"None of the {len(source)} audio files of {name} could be encoded.")
+                raise ValueError(f"None of the {len(source_rows)} audio files of {name} could be encoded.")
+            prepared.info.description = _prepared_record(processor)
             prepared.save_to_disk(str(folder))
 
     if not progress:
@@ -463,6 +709,29 @@ def prepare_dataset(
         if not progress:
             datasets.enable_progress_bars()
     return datasets.load_from_disk(str(target))
+
+
+def dataset_audio(
+    data: str | os.PathLike | Any, split: str | None = "train", *, audio_column: str = "audio", seed: int = 0
+) -> tuple[Iterator[Any], str, int]:
+    """The audio of a dataset's ``split`` (a ``save_to_disk`` folder or a `datasets.Dataset` / `DatasetDict`, split
+    as `prepare_dataset` splits it) in a random order seeded by ``seed``, to calibrate a codec on.
+
+    Returns (a lazy iterator of its audio values for `build_processor`, a fingerprint of the split, its row count).
+    Raises ValueError for a prepared dataset (codes hold no audio) and for a stream (a codec is calibrated on a
+    map-style dataset, whose fingerprint identifies the calibration).
+    """
+    source = _open_source(data, split, audio_column)
+    if source.column is None:
+        raise ValueError(
+            f"{source.name} is already prepared: it holds codes and mel frames, not audio, so no codec can be "
+            "calibrated on it. Give the processor it was prepared with (--processor, or an existing PROCESSOR_DIR)."
+        )
+    if source.fingerprint is None:
+        raise ValueError("A codec is calibrated on stored audio, not on a stream: give a processor to train a stream.")
+    rows, column = source.rows, source.column
+    order = np.random.default_rng(seed).permutation(len(rows))
+    return (rows[int(index)][column] for index in order), source.fingerprint, len(rows)
 
 
 def _save_atomically(target: Path, write: Any) -> None:
@@ -636,8 +905,12 @@ class TrainingCrops(torch.utils.data.Dataset):
     """
 
     def __init__(self, dataset: Any, max_frames: int, pack: bool = False):
+        import datasets
+
         if max_frames < 2:
             raise ValueError(f"max_frames must be at least 2, got {max_frames}.")
+        if isinstance(dataset, datasets.IterableDataset):
+            raise ValueError("TrainingCrops indexes a map-style dataset; a stream gives its examples by StreamedCrops.")
         self.rows = dataset.with_format("numpy")
         lengths = np.asarray(dataset["num_frames"], dtype=np.int64)
         if lengths.size == 0:
@@ -695,6 +968,155 @@ class EpochShuffleSampler(torch.utils.data.Sampler):
         return ((self.epoch, int(index)) for index in order)
 
 
+def _shuffles_through_a_buffer(stream: Any) -> bool:
+    """Whether ``stream`` (a `datasets.IterableDataset`) reorders its rows through a shuffle buffer
+    (`IterableDataset.shuffle`), whose content its ``state_dict`` does not hold."""
+    from datasets.iterable_dataset import BufferShuffledExamplesIterable
+
+    pending, seen = [stream._ex_iterable], set()
+    while pending:
+        node = pending.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if isinstance(node, BufferShuffledExamplesIterable):
+            return True
+        pending.extend(getattr(node, "ex_iterables", None) or [])
+        if getattr(node, "ex_iterable", None) is not None:
+            pending.append(node.ex_iterable)
+    return False
+
+
+class StreamedCrops(torch.utils.data.IterableDataset):
+    """Training examples read in order from a prepared stream (a `datasets.IterableDataset` in the layout of
+    `prepare_dataset`), made as `TrainingCrops` makes them from a map-style dataset.
+
+    File ``i`` of T_i frames gives ceil(T_i / ``max_frames``) examples, one after the other; ``pack=True`` joins
+    consecutive files shorter than ``max_frames`` into examples of at most ``max_frames`` frames. An example carries
+    the ``crop_key`` (epoch, ``shard``, n) for the n-th example of the epoch, so its random crop is a function of
+    (seed, epoch, shard, n) alone. Each epoch reads the stream once more, after ``stream.set_epoch(epoch)`` (which
+    reshuffles a stream shuffled with `IterableDataset.shuffle`). The order is the stream's: shuffle it for training.
+
+    Position (`state_dict` / `load_state_dict`): the epoch and the examples of it already given out. Iterating after
+    `load_state_dict` continues with the next example, exactly as if the iteration had not stopped. Without a shuffle
+    buffer the stream is restarted where that example's first file was read (the stream's own ``state_dict``), so
+    resuming reads again at most the files of one pack, and encodes again at most those and one `datasets.map`
+    batch. A shuffle buffer's content is not part of the stream's ``state_dict`` (restoring it would lose or repeat
+    the buffered rows), so a stream shuffled through one is read again from the start of the epoch and the examples
+    already given out are skipped: still exact, but resuming reads (and encodes) that part of the epoch again.
+
+    ``stream``: a prepared stream; ``shard``: this process's index (it only enters the crop keys).
+    """
+
+    def __init__(self, stream: Any, max_frames: int, pack: bool = False, shard: int = 0):
+        import datasets
+
+        if not isinstance(stream, datasets.IterableDataset):
+            raise ValueError(f"StreamedCrops reads a datasets.IterableDataset, got {type(stream).__name__}.")
+        if max_frames < 2:
+            raise ValueError(f"max_frames must be at least 2, got {max_frames}.")
+        self.stream = stream
+        self.max_frames = max_frames
+        self.pack = pack
+        self.shard = shard
+        self.replays = _shuffles_through_a_buffer(stream)
+        self.epoch = 0
+        self._position: dict[str, Any] = self._start(0)
+        self._resume: dict[str, Any] | None = None
+
+    @staticmethod
+    def _start(epoch: int) -> dict[str, Any]:
+        # "stream": the stream's state before the rows of the current example (None: the start of the epoch);
+        # "skip": the examples given out since that state.
+        return {"epoch": epoch, "index": 0, "stream": None, "skip": 0}
+
+    def set_epoch(self, epoch: int) -> None:
+        """Start ``epoch`` from its beginning at the next iteration."""
+        self.epoch = epoch
+        self._position = self._start(epoch)
+        self._resume = None
+
+    def state_dict(self) -> dict[str, Any]:
+        """The position after the last example given out (JSON-ready)."""
+        return json.loads(json.dumps(self._position))
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from ``state`` (from `state_dict`) at the next iteration."""
+        if not {"epoch", "index", "stream", "skip"} <= set(state):
+            raise ValueError(f"Not a StreamedCrops position: keys {sorted(state)}.")
+        self.epoch = int(state["epoch"])
+        self._position = dict(state)
+        self._resume = dict(state)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        epoch, resume, self._resume = self.epoch, self._resume, None
+        # A fresh view per iteration: a loaded stream state applies to this iteration only.
+        stream = self.stream.with_format("numpy")
+        stream.set_epoch(epoch)
+        discard, index, before = 0, 0, None
+        if resume is not None and resume["index"] > 0:
+            index = resume["index"]
+            if self.replays or resume["stream"] is None:
+                discard = resume["index"]  # read again from the start of the epoch
+            else:
+                stream.load_state_dict(resume["stream"])
+                discard, before = resume["skip"], resume["stream"]
+        for state, skip, example in self._examples(stream, before):
+            if discard:
+                discard -= 1
+                continue
+            example["crop_key"] = (epoch, self.shard, index)
+            index += 1
+            self._position = {"epoch": epoch, "index": index, "stream": state, "skip": skip}
+            yield example
+
+    def _examples(self, stream: Any, before: Any) -> Iterator[tuple[Any, int, dict[str, Any]]]:
+        """(the stream's state before the example's first file, examples since that state, example) in order;
+        ``before``: the stream's state where this iteration starts (None: the start of the epoch)."""
+        pending: list[dict[str, Any]] = []  # neighbouring short files filling a pack
+        pending_frames, pending_state = 0, None
+        for row in stream:
+            after = None if self.replays else stream.state_dict()
+            length = int(row["num_frames"])
+            short = self.pack and length < self.max_frames
+            if pending and (not short or pending_frames + length > self.max_frames):
+                yield pending_state, 1, _joined(pending)
+                pending, pending_frames = [], 0
+            if short:
+                if not pending:
+                    pending_state = before
+                pending.append(row)
+                pending_frames += length
+            else:
+                for count in range(max(1, -(-length // self.max_frames))):
+                    yield before, count + 1, _joined([row])
+            before = after
+        if pending:
+            yield pending_state, 1, _joined(pending)
+
+
+def _joined(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """One example of consecutive files: their codes and mel frames one after the other."""
+    features = [row.get("input_features") for row in rows]
+    return {
+        "codes": np.concatenate([np.asarray(row["codes"]) for row in rows]),
+        "input_features": None if any(f is None for f in features) else np.concatenate(features),
+    }
+
+
+def stream_to_dataset(stream: Any) -> Any:
+    """Read a prepared stream whole into an in-memory `datasets.Dataset` (for evaluation data, whose windows index
+    their files); a map-style dataset is returned as it is. Raises ValueError for an empty stream."""
+    import datasets
+
+    if not isinstance(stream, datasets.IterableDataset):
+        return stream
+    rows = list(stream.with_format("numpy"))
+    if not rows:
+        raise ValueError("The evaluation stream is empty: it yielded no rows.")
+    return datasets.Dataset.from_list(rows, features=stream.features)
+
+
 class SlidingWindows(torch.utils.data.Dataset):
     """Evaluation windows over whole files: ``window`` frames every ``stride`` frames (default: no overlap).
 
@@ -702,12 +1124,15 @@ class SlidingWindows(torch.utils.data.Dataset):
     frames (its ``score_from``), so no frame is scored twice. With ``stride < window`` every frame but a file's
     first is scored; with non-overlapping windows (the default, every window an independent context as in
     training) each window's first frame is not, as nothing in its window predicts it.
+
+    ``dataset``: a prepared dataset; a prepared stream is read whole into memory first (`stream_to_dataset`).
     """
 
     def __init__(self, dataset: Any, window: int, stride: int | None = None):
         stride = window if stride is None else stride
         if window < 2 or not 1 <= stride <= window:
             raise ValueError(f"Need window >= 2 and 1 <= stride <= window, got window={window}, stride={stride}.")
+        dataset = stream_to_dataset(dataset)
         self.rows = dataset.with_format("numpy")
         self.windows: list[tuple[int, int, int, int]] = []  # (row, start, stop, score_from)
         for row, length in enumerate(np.asarray(dataset["num_frames"], dtype=np.int64).tolist()):
@@ -737,7 +1162,11 @@ def register_cli(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "prepare", help="calibrate a local codec if needed and encode audio into cached codes + causal mel"
     )
-    parser.add_argument("data", help="a folder of audio files or a built corpus")
+    parser.add_argument(
+        "data",
+        help="a folder of audio files, a built corpus, or a dataset saved with save_to_disk (with an 'audio' column, "
+        "or already prepared)",
+    )
     parser.add_argument("processor_dir", help="a saved processor; if it does not exist, one is calibrated and saved")
     parser.add_argument("--splits", nargs="+", default=["train", "validation"], help="splits to encode")
     parser.add_argument("--num-mel-bins", type=int, default=80, help="mel bins of a new processor (model config)")
@@ -761,11 +1190,14 @@ def _prepare_command(args: Any) -> dict[str, Any]:
     if (processor_dir / "audio_tokenizer").is_dir():
         processor = WhisperGPTProcessor.from_pretrained(processor_dir)
     else:
-        files = audio_files(args.data, split="train")
-        # The encoder fit reads the first minutes of the list: shuffled, they come from the whole corpus.
-        random.Random(args.seed).shuffle(files)
+        # The encoder fit reads the first minutes of the audio: shuffled, they come from the whole corpus.
+        if is_saved_dataset(args.data):
+            calibration, _, _ = dataset_audio(args.data, "train", seed=args.seed)
+        else:
+            calibration = audio_files(args.data, split="train")
+            random.Random(args.seed).shuffle(calibration)
         processor, stats = build_processor(
-            files,
+            calibration,
             num_mel_bins=args.num_mel_bins,
             codebook_size=args.codebook_size,
             bandwidth=args.bandwidth,
@@ -779,7 +1211,7 @@ def _prepare_command(args: Any) -> dict[str, Any]:
     for split in args.splits:
         prepared = prepare_dataset(args.data, processor, split=split, cache_dir=args.cache_dir, num_proc=args.num_proc)
         frames = int(np.sum(prepared["num_frames"]))
-        cache = str(Path(prepared.cache_files[0]["filename"]).parent)
+        cache = str(Path(prepared.cache_files[0]["filename"]).parent) if prepared.cache_files else "memory"
         summary[split] = {"files": len(prepared), "frames": frames, "cache": cache}
         print(f"{split}: {len(prepared)} files, {frames:,} frames ({frames / frame_rate / 60:.1f} min) in {cache}")
     return summary
@@ -789,12 +1221,16 @@ __all__ = [
     "UNREADABLE_AUDIO_ERRORS",
     "EpochShuffleSampler",
     "SlidingWindows",
+    "StreamedCrops",
     "TrainingCrops",
     "WhisperGPTDataCollator",
     "build_processor",
+    "dataset_audio",
+    "is_saved_dataset",
     "load_audio",
     "prepare_dataset",
     "prepared_features",
     "processor_fingerprint",
     "register_cli",
+    "stream_to_dataset",
 ]
