@@ -7,11 +7,29 @@ codebook 0 and per codebook), TensorBoard logging (plus ``metrics.jsonl``), tqdm
 atomically with ``accelerator.save_state``, exact resumption, and a final ``save_pretrained`` folder (model,
 processor with its codec, generation config, model card) ready for the Hub.
 
+Data: ``train_data`` / ``validation_data`` name a folder of audio files, a built corpus or a folder written by
+``save_to_disk`` (audio or prepared); `train` also takes the datasets themselves (``train_dataset`` /
+``validation_dataset``): a `datasets.Dataset` with an audio column, a prepared one, or a streamed
+`datasets.IterableDataset` (``load_dataset(..., streaming=True)``). All go through
+`whisper_gpt.training.data.prepare_dataset`.
+
 Exact resumption: the data order is a function of (seed, epoch) and each training crop a function of
 (seed, epoch, example) (`whisper_gpt.training.data.EpochShuffleSampler`, `TrainingCrops`), checkpoints store the
 optimizer, scheduler and every process's RNG states, and a resumed run skips the batches already consumed in the
 current epoch (`accelerator.skip_first_batches`). A run resumed from step k therefore repeats the uninterrupted
 run's losses.
+
+Streams: each process reads its own share of a streamed training set (`datasets.distributed.split_dataset_by_node`,
+before encoding, so each process encodes only its files) in the stream's order, ``batch_size / N`` examples per
+step (`whisper_gpt.training.data.StreamedCrops`; one pass over its share is that process's epoch, so processes
+with unequal shares start epochs at different steps, and unlike a map-style dataset N processes do not train on the
+batches one process trains on). Resumption is exact there too: a checkpoint stores each
+process's position in its share (the epoch and the examples already consumed), and the resumed run continues with
+the next example, so its losses repeat the uninterrupted run's. Without a shuffle buffer the stream restarts where
+that example's file was read (the stream's ``state_dict``; at most one `datasets.map` batch is encoded again); a
+stream shuffled with `IterableDataset.shuffle` (whose buffer no ``state_dict`` holds) is read again from the start
+of the epoch and the consumed examples are skipped, which costs the reading and encoding of that part of the epoch.
+A streamed validation set is read into memory once (evaluation windows index their files).
 
 ``batch_size`` is the global batch: Accelerate splits each batch between processes (``split_batches=True``), so one
 process and N processes see the same examples in the same steps and train (up to floating-point order) the same
@@ -30,6 +48,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import hashlib
+import itertools
 import json
 import logging
 import math
@@ -43,6 +62,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,11 +76,15 @@ from ..modeling_whisper_gpt import WhisperGPTForCausalLM
 from ..processing_whisper_gpt import WhisperGPTProcessor
 from .data import (
     EpochShuffleSampler,
+    StreamedCrops,
     TrainingCrops,
     WhisperGPTDataCollator,
     build_processor,
+    dataset_audio,
+    is_saved_dataset,
     prepare_dataset,
     processor_fingerprint,
+    stream_to_dataset,
 )
 from .evaluation import evaluate_model, format_metrics
 
@@ -77,6 +101,8 @@ LOCK_FILE = "training.lock"
 PROCESSOR_DIR = "processor"
 # Beside a calibrated OUTPUT_DIR/processor: the corpus and settings it was calibrated on.
 CALIBRATION_FILE = "calibration_source.json"
+# In a checkpoint of a run on a stream: process i's position in its share of the stream.
+STREAM_POSITION = "stream_position_{}.json"
 # What a run leaves in its output folder; a folder holding any of them belongs to that run.
 RUN_RECORDS = (CHECKPOINTS, FINAL_DIR, METRICS_FILE, SUMMARY_FILE, LOGS_DIR)
 
@@ -85,9 +111,12 @@ RUN_RECORDS = (CHECKPOINTS, FINAL_DIR, METRICS_FILE, SUMMARY_FILE, LOGS_DIR)
 class TrainingConfig:
     """Everything a training run needs. ``batch_size`` is global (split between processes).
 
-    ``train_data`` may be None when `train` is given ``train_dataset`` (then a processor is required, here or
-    given to `train`, and validation needs ``validation_data`` or a ``validation_dataset``). ``resume`` and
-    ``overwrite_output_dir`` exclude each other; how the output folder is claimed is described in `train`.
+    ``train_data`` and ``validation_data`` are folders: of audio files, a built corpus, or a dataset written by
+    ``save_to_disk`` (with an audio column, or prepared); its "train" split trains (a single saved dataset is split
+    by file as a folder is, see `whisper_gpt.training.data.prepare_dataset`). ``train_data`` may be None when `train`
+    is given ``train_dataset`` (then a processor is required, here or given to `train`, and validation needs
+    ``validation_data`` or a ``validation_dataset``). ``resume`` and ``overwrite_output_dir`` exclude each other;
+    how the output folder is claimed is described in `train`.
     """
 
     output_dir: str
@@ -161,11 +190,14 @@ def latest_checkpoint(output_dir: str | os.PathLike) -> Path | None:
     return done[-1] if done else None
 
 
-def _save_checkpoint(accelerator: Any, output_dir: Path, state: dict[str, Any], keep: int) -> Path:
+def _save_checkpoint(
+    accelerator: Any, output_dir: Path, state: dict[str, Any], keep: int, stream_position: dict[str, Any] | None = None
+) -> Path:
     """``accelerator.save_state`` into a temporary folder, then rename it: a crash never leaves a partial checkpoint.
 
     ``state`` (step, epoch, batches_in_epoch and the ``run`` identity that `--resume` checks) becomes its
-    trainer_state.json.
+    trainer_state.json; ``stream_position`` (a run on a stream: this process's epoch, batches and
+    `StreamedCrops` position) its ``STREAM_POSITION`` file.
     """
     root = output_dir / CHECKPOINTS
     final = root / f"step-{state['step']:08d}"
@@ -175,6 +207,8 @@ def _save_checkpoint(accelerator: Any, output_dir: Path, state: dict[str, Any], 
         partial.mkdir(parents=True)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(partial))  # every process writes its own RNG state
+    if stream_position is not None:
+        (partial / STREAM_POSITION.format(accelerator.process_index)).write_text(json.dumps(stream_position) + "\n")
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         (partial / STATE_FILE).write_text(json.dumps(state, indent=2) + "\n")
@@ -237,11 +271,9 @@ def _processor_for(config: TrainingConfig, accelerator: Any, model_cfg: WhisperG
         return WhisperGPTProcessor.from_pretrained(config.processor)
     target = Path(config.output_dir) / PROCESSOR_DIR
     if accelerator.is_main_process and not (target / CALIBRATION_FILE).is_file():
-        files, source = _calibration_source(config, model_cfg)
-        # The encoder fit reads the first minutes of the list: shuffled, they come from the whole corpus.
-        random.Random(config.seed).shuffle(files)
+        audio, source = _calibration_source(config, model_cfg)
         processor, stats = build_processor(
-            files,
+            audio,
             num_mel_bins=model_cfg.num_mel_bins,
             codebook_size=model_cfg.codebook_size,
             bandwidth=source["bandwidth"],
@@ -263,21 +295,28 @@ def _processor_for(config: TrainingConfig, accelerator: Any, model_cfg: WhisperG
     return WhisperGPTProcessor.from_pretrained(str(target))
 
 
-def _calibration_source(config: TrainingConfig, model_cfg: WhisperGPTConfig) -> tuple[list[Path], dict[str, Any]]:
-    """The training files a codec is calibrated on, and the record that identifies the calibration: a hash of the
-    files' paths (relative to ``train_data``) and sizes, their count, and the calibration settings."""
+def _calibration_source(config: TrainingConfig, model_cfg: WhisperGPTConfig) -> tuple[Any, dict[str, Any]]:
+    """The training audio a codec is calibrated on, shuffled by the seed (the encoder fit reads the first minutes,
+    which then come from the whole corpus), and the record that identifies the calibration: a hash of the files'
+    paths (relative to ``train_data``) and sizes, or the fingerprint of a saved dataset's train split; their count;
+    the calibration settings. Audio files come as a list of paths, a dataset's audio as a lazy iterator."""
     from ..apps.corpus import audio_files
 
     root = Path(str(config.train_data))
-    files = audio_files(root, split="train")
-    if not files:
-        raise ValueError(f"{config.train_data} holds no training audio to calibrate a codec on.")
-    digest = hashlib.sha256()
-    for file in sorted(files):
-        digest.update(f"{file.relative_to(root).as_posix()}\0{file.stat().st_size}\n".encode())
+    if is_saved_dataset(root):
+        audio, corpus, count = dataset_audio(root, "train", seed=config.seed)
+    else:
+        audio = audio_files(root, split="train")
+        if not audio:
+            raise ValueError(f"{config.train_data} holds no training audio to calibrate a codec on.")
+        digest = hashlib.sha256()
+        for file in sorted(audio):
+            digest.update(f"{file.relative_to(root).as_posix()}\0{file.stat().st_size}\n".encode())
+        corpus, count = digest.hexdigest(), len(audio)
+        random.Random(config.seed).shuffle(audio)
     source = {
-        "corpus": digest.hexdigest(),
-        "files": len(files),
+        "corpus": corpus,
+        "files": count,
         "num_mel_bins": model_cfg.num_mel_bins,
         "codebook_size": model_cfg.codebook_size,
         # 75 frames/s x 10 bits per codebook: 1.5 kbps gives 2 codebooks, 6 kbps gives 8.
@@ -288,7 +327,7 @@ def _calibration_source(config: TrainingConfig, model_cfg: WhisperGPTConfig) -> 
         "seed": config.seed,
         "train_data": str(root.resolve()),  # for messages; a moved corpus is the same corpus
     }
-    return files, source
+    return audio, source
 
 
 def _check_calibrated_processor(config: TrainingConfig, model_cfg: WhisperGPTConfig) -> None:
@@ -494,9 +533,18 @@ def _run_identity(
         "mixed_precision": config.mixed_precision,
         "num_processes": num_processes,
         "processor": processor_fingerprint(processor),
-        # A prepared dataset carries the fingerprint of its processor and source files; other datasets their size.
-        "train_data": getattr(train_set, "_fingerprint", None) or f"{type(train_set).__name__} of {len(train_set)}",
+        "train_data": _data_identity(train_set),
     }
+
+
+def _data_identity(train_set: Any) -> str:
+    """A prepared dataset carries the fingerprint of its processor and source files; other datasets their size; a
+    stream has neither, so only its shards and columns are checked."""
+    import datasets
+
+    if isinstance(train_set, datasets.IterableDataset):
+        return f"a stream of {train_set.n_shards} shards per process with columns {', '.join(train_set.column_names)}"
+    return getattr(train_set, "_fingerprint", None) or f"{type(train_set).__name__} of {len(train_set)}"
 
 
 def _identity_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
@@ -622,10 +670,12 @@ def train(
             (B, K, L, V)); ``save_final`` needs its ``save_pretrained``. Its initialisation is the caller's.
         processor: the processor (codec and feature extractor) to use instead of loading ``config.processor``
             (which must then be None) or calibrating one.
-        train_dataset: a prepared dataset (the layout of `prepare_dataset`) to train on instead of
-            ``config.train_data``.
-        validation_dataset: a prepared dataset to validate on instead of ``config.validation_data`` or the
-            validation split of ``config.train_data``.
+        train_dataset: data to train on (whole) instead of ``config.train_data``: anything `prepare_dataset`
+            takes, e.g. a `datasets.Dataset` with an audio column, a prepared dataset (its layout), or a streamed
+            `datasets.IterableDataset`, which each process then reads its own share of (see the module docstring for
+            what resuming a stream means); each is checked against the processor.
+        validation_dataset: data to validate on (whole, the same kinds; a stream is read into memory once)
+            instead of ``config.validation_data`` or the validation split of ``config.train_data``.
 
     Returns:
         ``steps``, ``finished``, ``num_parameters``; ``history`` (one record per ``log_every`` steps: loss,
@@ -633,7 +683,8 @@ def train(
         `evaluate_model` result, None without validation) and ``evaluations`` (every validation as ``step``,
         ``epoch``, ``validation``); ``train_seconds`` (optimizer steps, data loading included),
         ``evaluation_seconds``, ``seconds`` (the whole loop), ``train_frames``, ``train_frames_per_second``,
-        ``train_examples`` (crops per epoch) and ``epochs`` (fractional epochs trained); ``final_dir`` when a
+        ``train_examples`` (crops per epoch; None for a stream) and ``epochs`` (fractional epochs trained; for a
+        stream, the passes this process completed over its share); ``final_dir`` when a
         final folder was written; the process layout.
     """
     from accelerate import Accelerator
@@ -686,6 +737,7 @@ def _train_in_claimed_folder(
     validation_dataset: Any,
 ) -> dict[str, Any]:
     """The body of `train`, once the output folder is this run's."""
+    import datasets
     from accelerate.utils import set_seed
     from tqdm.auto import tqdm
     from transformers import get_cosine_schedule_with_warmup
@@ -721,37 +773,66 @@ def _train_in_claimed_folder(
     if max_frames > cfg.max_position_embeddings:
         raise ValueError(f"max_frames ({max_frames}) exceeds the model's context ({cfg.max_position_embeddings}).")
 
-    prepare = {"cache_dir": config.cache_dir, "num_proc": config.num_proc, "progress": config.progress}
-    with accelerator.main_process_first():  # the main process encodes, the others read its cache
-        train_set = train_dataset
-        if train_set is None:
-            train_set = prepare_dataset(config.train_data, processor, split="train", **prepare)
-        # A separate validation folder is used whole; otherwise the validation split of the training data.
-        validation_set = validation_dataset
-        if config.validate and validation_set is None and config.validation_data:
-            validation_set = prepare_dataset(config.validation_data, processor, **prepare)
-        elif config.validate and validation_set is None:
-            validation_set = prepare_dataset(config.train_data, processor, split="validation", **prepare)
+    rank, world = accelerator.process_index, accelerator.num_processes
 
-    crops = TrainingCrops(train_set, max_frames, pack=config.pack)
-    if len(crops) < config.batch_size:
-        raise ValueError(f"The training data gives {len(crops)} examples, fewer than batch_size={config.batch_size}.")
-    sampler = EpochShuffleSampler(len(crops), seed=config.seed)
-    loader = torch.utils.data.DataLoader(
-        crops,
-        batch_size=config.batch_size,
-        sampler=sampler,
-        collate_fn=WhisperGPTDataCollator(max_frames=max_frames, random_crop=True, seed=config.seed),
-        drop_last=True,
-        # Its own generator: creating an iterator draws a seed, which must not shift the global RNG (dropout) that
-        # checkpoints restore, or a resumed run (which creates its iterator at another time) would diverge.
-        generator=torch.Generator().manual_seed(config.seed),
-    )
+    def prepared(data: Any, split: str | None, share: bool) -> Any:
+        """``data`` through `prepare_dataset`; a stream split between processes when ``share``."""
+        options = {"split": split, "cache_dir": config.cache_dir, "progress": config.progress}
+        if isinstance(data, (datasets.IterableDataset, datasets.IterableDatasetDict)):
+            return prepare_dataset(
+                data, processor, rank=rank if share else None, world_size=world if share else None, **options
+            )
+        return prepare_dataset(data, processor, num_proc=config.num_proc, **options)
+
+    with accelerator.main_process_first():  # the main process encodes, the others read its cache
+        if train_dataset is not None:
+            train_set = prepared(train_dataset, None, share=True)
+        else:
+            train_set = prepared(config.train_data, "train", share=True)
+        # A separate validation folder is used whole; otherwise the validation split of the training data.
+        validation_set = None
+        if config.validate and validation_dataset is not None:
+            validation_set = prepared(validation_dataset, None, share=False)
+        elif config.validate and config.validation_data:
+            validation_set = prepared(config.validation_data, None, share=False)
+        elif config.validate:
+            validation_set = prepared(config.train_data, "validation", share=False)
+        if validation_set is not None:
+            validation_set = stream_to_dataset(validation_set)  # read once, not at every validation
+
+    streamed = isinstance(train_set, datasets.IterableDataset)
+    collate = WhisperGPTDataCollator(max_frames=max_frames, random_crop=True, seed=config.seed)
+    # Its own generator: creating an iterator draws a seed, which must not shift the global RNG (dropout) that
+    # checkpoints restore, or a resumed run (which creates its iterator at another time) would diverge.
+    loader_generator = torch.Generator().manual_seed(config.seed)
     optimizer = build_optimizer(model, config.learning_rate, config.weight_decay, config.adam_beta2)
     scheduler = get_cosine_schedule_with_warmup(optimizer, config.warmup_steps, config.max_steps)
-    model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+    if streamed:
+        crops = StreamedCrops(train_set, max_frames, pack=config.pack, shard=rank)
+        # Each process reads its own share, so Accelerate must not split the batches again: it gets no loader.
+        loader = torch.utils.data.DataLoader(
+            crops, batch_size=config.batch_size // world, collate_fn=collate, drop_last=True, generator=loader_generator
+        )
+        model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+        batches_per_epoch = None
+    else:
+        crops = TrainingCrops(train_set, max_frames, pack=config.pack)
+        if len(crops) < config.batch_size:
+            raise ValueError(
+                f"The training data gives {len(crops)} examples, fewer than batch_size={config.batch_size}."
+            )
+        sampler = EpochShuffleSampler(len(crops), seed=config.seed)
+        loader = torch.utils.data.DataLoader(
+            crops,
+            batch_size=config.batch_size,
+            sampler=sampler,
+            collate_fn=collate,
+            drop_last=True,
+            generator=loader_generator,
+        )
+        model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+        batches_per_epoch = len(loader)
     num_parameters = sum(p.numel() for p in accelerator.unwrap_model(model).parameters())
-    batches_per_epoch = len(loader)
 
     state = {"step": 0, "epoch": 0, "batches_in_epoch": 0}
     identity = _run_identity(config, cfg, processor, train_set, max_frames, accelerator.num_processes)
@@ -760,6 +841,10 @@ def _train_in_claimed_folder(
         _check_resume(resume_from, saved, identity, config)
         accelerator.load_state(str(resume_from))
         state = {key: saved[key] for key in state}
+        if streamed:
+            position = _stream_position(resume_from, rank)
+            state.update(epoch=position["epoch"], batches_in_epoch=position["batches_in_epoch"])
+            crops.load_state_dict(position["crops"])
         accelerator.print(f"resumed from {resume_from} at step {state['step']}")
         own = (output_dir / CHECKPOINTS).resolve()
         if accelerator.is_main_process and resume_from.resolve().parent == own:
@@ -777,16 +862,36 @@ def _train_in_claimed_folder(
     def micro_batches():
         """The stream of batches across epochs, starting where ``state`` says; updates ``state`` as it goes."""
         while True:
-            loader.set_epoch(state["epoch"])
-            sampler.set_epoch(state["epoch"])
-            skip = state["batches_in_epoch"]
-            for batch in accelerator.skip_first_batches(loader, skip) if skip else loader:
-                state["batches_in_epoch"] += 1
-                yield batch
+            if streamed:
+                for batch in loader:
+                    state["batches_in_epoch"] += 1
+                    yield {name: tensor.to(accelerator.device) for name, tensor in batch.items()}
+                if state["batches_in_epoch"] == 0:
+                    raise ValueError(
+                        f"Process {rank}'s share of the training stream gave no batch of {config.batch_size // world} "
+                        f"examples in epoch {state['epoch']}: give more data, a smaller batch_size or fewer processes."
+                    )
+                crops.set_epoch(state["epoch"] + 1)
+            else:
+                loader.set_epoch(state["epoch"])
+                sampler.set_epoch(state["epoch"])
+                skip = state["batches_in_epoch"]
+                for batch in accelerator.skip_first_batches(loader, skip) if skip else loader:
+                    state["batches_in_epoch"] += 1
+                    yield batch
             state["epoch"] += 1
             state["batches_in_epoch"] = 0
 
+    def epochs_done() -> float:
+        """Epochs trained: fractional over a map-style dataset; over a stream, whose length is unknown, the passes
+        this process has completed over its share."""
+        if streamed:
+            return float(state["epoch"])
+        return state["epoch"] + state["batches_in_epoch"] / batches_per_epoch
+
     stream = micro_batches()
+    if streamed:
+        stream = _first_batch_everywhere(accelerator, stream)
     stop = min(config.max_steps, config.stop_at_step or config.max_steps)
     accumulation = config.gradient_accumulation_steps
     history: list[dict[str, Any]] = []
@@ -863,8 +968,7 @@ def _train_in_claimed_folder(
                 progress=config.progress,
             )
             evaluation_seconds += time.perf_counter() - evaluation_started
-            epoch = state["epoch"] + state["batches_in_epoch"] / batches_per_epoch
-            evaluations.append({"step": step, "epoch": epoch, "validation": evaluation})
+            evaluations.append({"step": step, "epoch": epochs_done(), "validation": evaluation})
             log.write({"step": step, "validation": {k: v for k, v in evaluation.items() if k != "nll_by_context"}})
             accelerator.log(_flatten(evaluation, "validation"), step=step)
             accelerator.print(
@@ -872,7 +976,8 @@ def _train_in_claimed_folder(
             )
             model.train()
         if (config.save_every and step % config.save_every == 0) or (step == stop < config.max_steps):
-            _save_checkpoint(accelerator, output_dir, {**state, "run": identity}, config.save_total_limit)
+            position = {**state, "crops": crops.state_dict()} if streamed else None
+            _save_checkpoint(accelerator, output_dir, {**state, "run": identity}, config.save_total_limit, position)
     bar.close()
     seconds = time.perf_counter() - started
     if accelerator.is_main_process:
@@ -889,8 +994,8 @@ def _train_in_claimed_folder(
         "evaluation_seconds": evaluation_seconds,
         "train_frames": train_frames,
         "train_frames_per_second": train_frames / train_seconds if train_seconds > 0 else None,
-        "train_examples": len(crops),
-        "epochs": state["epoch"] + state["batches_in_epoch"] / batches_per_epoch,
+        "train_examples": None if streamed else len(crops),
+        "epochs": epochs_done(),
         "threads_per_process": threads,
         "num_processes": accelerator.num_processes,
         "is_main_process": accelerator.is_main_process,
@@ -905,6 +1010,40 @@ def _train_in_claimed_folder(
         accelerator.wait_for_everyone()
     accelerator.end_training()
     return summary
+
+
+def _first_batch_everywhere(accelerator: Any, batches: Iterator[Any]) -> Iterator[Any]:
+    """``batches`` after every process has read its first one: a process whose share of a stream is too small fails
+    them all with its message, instead of leaving the others waiting for it in the first gradient reduction."""
+    from accelerate.utils import gather_object
+
+    first, failure = None, None
+    try:
+        first = next(batches)
+    except ValueError as error:
+        failure = str(error)
+    failures = gather_object([failure]) if accelerator.num_processes > 1 else [failure]
+    failures = [message for message in failures if message]
+    if failures:
+        raise ValueError(failures[0])
+    return itertools.chain([first], batches)
+
+
+def _stream_position(checkpoint: Path, rank: int) -> dict[str, Any]:
+    """Process ``rank``'s position in its share of the training stream, as the checkpoint recorded it."""
+    path = checkpoint / STREAM_POSITION.format(rank)
+    try:
+        position = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ValueError(
+            f"Cannot resume from {checkpoint}: it holds no {path.name}, the position of process {rank} in the training "
+            "stream (it was written by a run on a map-style dataset, or is damaged)."
+        ) from None
+    except ValueError as error:
+        raise ValueError(f"Cannot resume from {checkpoint}: {path.name} cannot be read ({error}).") from None
+    if not isinstance(position, dict) or not {"epoch", "batches_in_epoch", "crops"} <= set(position):
+        raise ValueError(f"Cannot resume from {checkpoint}: {path.name} lacks the epoch, batch or stream position.")
+    return position
 
 
 def seconds_per_step(
@@ -1071,9 +1210,16 @@ def save_final(
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``whisper-gpt train`` / ``examples/train_accelerate.py``."""
     defaults = TrainingConfig(output_dir="", train_data="")
-    parser.add_argument("train_data", help="a folder of audio files, a built corpus, or a prepared dataset")
+    parser.add_argument(
+        "train_data",
+        help="a folder of audio files, a built corpus, or a dataset saved with save_to_disk (with an 'audio' column, "
+        "or prepared); its train split trains",
+    )
     parser.add_argument("output_dir", help="checkpoints, logs, metrics.jsonl and the final model (final/)")
-    parser.add_argument("--validation-data", help="audio used whole for validation (default: TRAIN_DATA's split)")
+    parser.add_argument(
+        "--validation-data",
+        help="the same kinds of data, used whole for validation (default: TRAIN_DATA's validation split)",
+    )
     parser.add_argument("--processor", help="a saved processor; default: calibrate a local codec on the training audio")
     parser.add_argument("--preset", choices=PRESETS, default=defaults.preset)
     parser.add_argument(
