@@ -13,6 +13,7 @@ this file is one process of the FSDP2 check.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
@@ -29,7 +30,7 @@ from audio_folder import write_audio_folder
 from conftest import tiny_config
 from safetensors.torch import load_file
 
-from whisper_gpt import WhisperGPTForCausalLM
+from whisper_gpt import WhisperGPTForCausalLM, WhisperGPTProcessor
 from whisper_gpt.training import TrainingConfig, train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -59,20 +60,19 @@ def _launcher_environment(config_file: Path, *launch_args: str) -> tuple[Any, di
 
 def _fsdp2_worker(config_file: Path, output: Path) -> None:
     """One process of the FSDP2 check (see the module docstring); rank 0 writes OUTPUT/result.json, the unsharded
-    reference's weights (reference.safetensors) and a plain save_pretrained folder of the gathered weights (final/);
-    every rank writes its shard of OUTPUT/checkpoint."""
+    reference's weights (reference.safetensors) and the training loop's final folder of the gathered weights
+    (final/, with the processor saved in OUTPUT/processor); every rank writes its shard of OUTPUT/checkpoint."""
     from types import SimpleNamespace
 
     import torch.distributed as dist
-    from accelerate import PartialState
-    from accelerate.utils import FullyShardedDataParallelPlugin, save_fsdp_model
+    from accelerate import Accelerator, PartialState
+    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin, save_fsdp_model
     from accelerate.utils.fsdp_utils import fsdp2_prepare_model
     from safetensors.torch import save_file
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
     from torch.distributed.fsdp import FSDPModule
 
     from whisper_gpt.modeling_whisper_gpt import WhisperGPTBlock
-    from whisper_gpt.training.loop import build_optimizer
+    from whisper_gpt.training.loop import _model_to_save, build_optimizer, save_final
 
     _, environment = _launcher_environment(config_file, "--num_processes", "2")
     os.environ.update({key: value for key, value in environment.items() if key.startswith(("FSDP_", "ACCELERATE_"))})
@@ -121,12 +121,14 @@ def _fsdp2_worker(config_file: Path, output: Path) -> None:
 
     local = {name: tensor.to_local().numel() for name, tensor in model.state_dict().items()}
     save_fsdp_model(plugin, accelerator, model, str(output / "checkpoint"))
-    gathered = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    # The training loop's final save, with Accelerate's own unwrap_model and get_state_dict as they run under FSDP2.
+    accelerator.distributed_type, accelerator.is_fsdp2 = DistributedType.FSDP, True
+    accelerator.unwrap_model = functools.partial(Accelerator.unwrap_model, accelerator)
+    accelerator.get_state_dict = functools.partial(Accelerator.get_state_dict, accelerator)
+    trained = _model_to_save(accelerator, model)
     if rank == 0:
-        # The sharded model's class is torch's FSDP subclass: a plain model takes the gathered weights for the save.
-        plain = WhisperGPTForCausalLM(config)
-        plain.load_state_dict(gathered)
-        plain.save_pretrained(output / "final")
+        settings = TrainingConfig(output_dir=str(output), train_data="gloo", preset="custom", batch_size=4)
+        save_final(trained, WhisperGPTProcessor.from_pretrained(output / "processor"), output / "final", settings, None)
         save_file(
             {name: tensor.contiguous() for name, tensor in reference.state_dict().items()},
             output / "reference.safetensors",
@@ -138,6 +140,7 @@ def _fsdp2_worker(config_file: Path, output: Path) -> None:
             "blocks_sharded": sum(isinstance(block, FSDPModule) for block in blocks),
             "local_numel": sum(local.values()),
             "numel": sum(tensor.numel() for tensor in reference.state_dict().values()),
+            "unwrapped_class": type(accelerator.unwrap_model(model)).__name__,
         }
         (output / "result.json").write_text(json.dumps(result))
     state.wait_for_everyone()
@@ -284,7 +287,8 @@ def test_configs_parse_into_the_launch_they_describe():
     assert {multi_node.mixed_precision, fsdp.mixed_precision} == {"no"}
 
 
-def test_fsdp2_sharding_of_the_config_trains_like_one_process_and_saves(tmp_path):
+def test_fsdp2_sharding_of_the_config_trains_like_one_process_and_saves(tmp_path, tiny_processor):
+    tiny_processor.save_pretrained(tmp_path / "processor")
     # The two workers are started directly, with the variables torchrun would set (a launcher process costs time).
     common = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": _free_port()}
     common.update({"WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2"})
@@ -301,7 +305,14 @@ def test_fsdp2_sharding_of_the_config_trains_like_one_process_and_saves(tmp_path
     assert result["sharded_losses"] == pytest.approx(result["reference_losses"], rel=1e-5)
     shards = sorted(path.name for path in (tmp_path / "checkpoint").rglob("*.distcp"))
     assert shards == ["__0_0.distcp", "__1_0.distcp"]
-    saved = WhisperGPTForCausalLM.from_pretrained(tmp_path / "final").state_dict()
+    # The final folder holds the package's model class and remote code, not torch's FSDP subclass and sources.
+    assert result["unwrapped_class"] == "FSDPWhisperGPTForCausalLM"
+    final = tmp_path / "final"
+    assert not list(final.glob("_fsdp*")) and (final / "README.md").is_file()
+    saved_config = json.loads((final / "config.json").read_text())
+    assert saved_config["architectures"] == ["WhisperGPTForCausalLM"]
+    assert saved_config["auto_map"]["AutoModelForCausalLM"] == "modeling_whisper_gpt.WhisperGPTForCausalLM"
+    saved = WhisperGPTForCausalLM.from_pretrained(final).state_dict()
     reference = load_file(tmp_path / "reference.safetensors")
     assert saved.keys() == reference.keys()
     assert all(torch.allclose(saved[name], reference[name], atol=1e-5) for name in saved)

@@ -1005,11 +1005,36 @@ def _train_in_claimed_folder(
     }
     if summary["finished"] and config.save_final:
         summary["final_dir"] = str(output_dir / FINAL_DIR)
+        trained = _model_to_save(accelerator, model)  # a collective under FSDP: every process calls it
         if accelerator.is_main_process:
-            save_final(accelerator.unwrap_model(model), processor, output_dir / FINAL_DIR, config, evaluation)
+            save_final(trained, processor, output_dir / FINAL_DIR, config, evaluation)
         accelerator.wait_for_everyone()
     accelerator.end_training()
     return summary
+
+
+def _model_to_save(accelerator: Any, model: torch.nn.Module) -> torch.nn.Module | None:
+    """The trained ``model`` (as `accelerator.prepare` returned it) in the form `save_final` writes: on the main
+    process the model itself, None on the others.
+
+    Under FSDP every process must call this, because it gathers the sharded weights (a collective). The model
+    Accelerate unwraps there is FSDP's own subclass of the model's class (``FSDP<Class>`` under FSDP2), whose
+    tensors are shards and whose ``save_pretrained`` would copy torch's FSDP sources as remote code; so the full
+    state dict is loaded into a new model of the original class, built from the same config, in the same dtype.
+    """
+    from accelerate.utils import DistributedType
+    from torch.distributed.fsdp import FSDPModule
+
+    unwrapped = accelerator.unwrap_model(model)
+    if accelerator.distributed_type != DistributedType.FSDP:
+        return unwrapped if accelerator.is_main_process else None
+    state_dict = accelerator.get_state_dict(model)
+    if not accelerator.is_main_process:
+        return None
+    original = next(cls for cls in type(unwrapped).__mro__ if not issubclass(cls, FSDPModule))
+    plain = original(unwrapped.config).to(next(unwrapped.parameters()).dtype)
+    plain.load_state_dict(state_dict)
+    return plain
 
 
 def _first_batch_everywhere(accelerator: Any, batches: Iterator[Any]) -> Iterator[Any]:
