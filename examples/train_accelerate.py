@@ -2,7 +2,7 @@
 
 One process:      python examples/train_accelerate.py DATA OUTPUT_DIR --preset paper_hybrid
 Two CPU workers:  torchrun --standalone --nproc_per_node 2 examples/train_accelerate.py DATA OUTPUT_DIR
-                  (or accelerate launch --cpu --num_processes 2 ..., with the count on the command line)
+                  (or accelerate launch --cpu --num_processes 2 ..., or --config_file with use_cpu: true)
 Several machines: accelerate launch --config_file examples/accelerate/multi_node_ddp.yaml --machine_rank R \
                       examples/train_accelerate.py DATA OUTPUT_DIR ...       (R = 0, 1, ... one per machine)
                   or torchrun --nnodes M --node_rank R --master_addr HOST0 --master_port 29500 \

@@ -26,12 +26,14 @@ from typing import Any
 
 import pytest
 import torch
+import yaml
 from audio_folder import write_audio_folder
 from conftest import tiny_config
 from safetensors.torch import load_file
 
 from whisper_gpt import WhisperGPTForCausalLM, WhisperGPTProcessor
 from whisper_gpt.training import TrainingConfig, train
+from whisper_gpt.training.loop import _torchrun_for_accelerate_cpu
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "examples" / "accelerate"
@@ -250,6 +252,65 @@ def test_multi_node_ddp_config_trains_two_machines_of_one_process(setup, one_pro
     script = [str(ROOT / "examples" / "train_accelerate.py"), *_command_line(setup, output)]
     commands = [[*launch, "--machine_rank", str(rank), *machine, *script] for rank in (0, 1)]
     _run_together(commands, [{**os.environ, "OMP_NUM_THREADS": "1"}] * 2, setup / "logs-multi-node")
+    _assert_matches_one_process(output, one_process)
+
+
+def _cpu_config(path: Path, **values: Any) -> Path:
+    """An Accelerate config file for CPU processes (what ``accelerate config`` writes for them), with ``values``."""
+    settings = {"compute_environment": "LOCAL_MACHINE", "distributed_type": "MULTI_CPU", "use_cpu": True}
+    path.write_text(yaml.safe_dump({**settings, "mixed_precision": "no", "debug": False, **values}))
+    return path
+
+
+def test_accelerate_cpu_launches_become_torchrun_with_their_layout(tmp_path):
+    environment = {"MASTER_ADDR": "10.0.0.1", "MASTER_PORT": "29511"}
+    meeting = ["--master_addr=10.0.0.1", "--master_port=29511"]
+    missing = str(tmp_path / "no-default.yaml")
+
+    def torchrun(*launch: str, default: str = missing, launcher: tuple[str, ...] = ("accelerate", "launch")):
+        command = _torchrun_for_accelerate_cpu([sys.executable, *launcher, *launch], environment, default)
+        if command is not None:
+            assert command[:3] == [sys.executable, "-m", "torch.distributed.run"]
+            return command[3:]
+        return None
+
+    # The count from the command line (the script's own arguments are passed on untouched).
+    assert torchrun("--cpu", "--num_processes", "4", "train.py", "--num_processes", "9") == [
+        *("--nnodes=1", "--node_rank=0", "--nproc_per_node=4", *meeting, "train.py", "--num_processes", "9")
+    ]
+    # The count and the machines from --config_file, the rank from the command line; a module stays a module.
+    two = _cpu_config(tmp_path / "two.yaml", num_processes=4, num_machines=2, machine_rank=0)
+    launch = ("--config_file", str(two), "--machine_rank", "1", "-m", "whisper_gpt.apps.cli", "train")
+    assert torchrun(*launch) == [
+        *("--nnodes=2", "--node_rank=1", "--nproc_per_node=2", *meeting, "-m", "whisper_gpt.apps.cli", "train")
+    ]
+    # The command line wins over the file; Accelerate's default config file is read unless --cpu is given.
+    assert torchrun("--config_file", str(two), "--num_processes", "2", "--num_machines", "1", "t.py")[:3] == [
+        *("--nnodes=1", "--node_rank=0", "--nproc_per_node=2")
+    ]
+    assert torchrun("t.py", default=str(two))[:3] == ["--nnodes=2", "--node_rank=0", "--nproc_per_node=2"]
+    assert torchrun("--cpu", "t.py", default=str(two)) is None
+    for launcher in (("-m", "accelerate.commands.launch"), ("/venv/bin/accelerate-launch",)):
+        assert torchrun("--cpu", "--num_processes", "2", "t.py", launcher=launcher)[2] == "--nproc_per_node=2"
+    # One process on one machine, or a parent that is not Accelerate's launcher: nothing to start.
+    assert torchrun("--cpu", "t.py") is None
+    assert torchrun("--num_processes", "2", "t.py", launcher=("other", "launch")) is None
+    with pytest.raises(ValueError, match="multiple of num_machines"):
+        torchrun("--cpu", "--num_processes", "3", "--num_machines", "2", "--machine_rank", "0", "t.py")
+    with pytest.raises(ValueError, match="between 0 and num_machines - 1"):
+        torchrun("--cpu", "--num_processes", "2", "--num_machines", "2", "--machine_rank", "2", "t.py")
+
+
+def test_accelerate_cpu_config_file_trains_two_machines_of_one_process(setup, one_process, tmp_path):
+    # The process count and the machines come from the file only; each launcher starts one CPU process, which
+    # restarts itself as its machine's torchrun process.
+    meeting = {"main_process_ip": "127.0.0.1", "main_process_port": int(_free_port())}
+    config = _cpu_config(tmp_path / "cpu.yaml", num_processes=2, num_machines=2, machine_rank=0, **meeting)
+    output = setup / "accelerate-cpu"
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config)]
+    script = ["-m", "whisper_gpt.apps.cli", "train", *_command_line(setup, output)]
+    commands = [[*launch, "--machine_rank", str(rank), *script] for rank in (0, 1)]
+    _run_together(commands, [{**os.environ, "OMP_NUM_THREADS": "1"}] * 2, setup / "logs-accelerate-cpu")
     _assert_matches_one_process(output, one_process)
 
 

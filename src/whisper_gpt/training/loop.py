@@ -35,8 +35,10 @@ A streamed validation set is read into memory once (evaluation windows index the
 process and N processes see the same examples in the same steps and train (up to floating-point order) the same
 model; it must be divisible by the number of processes.
 
-Several CPU processes: ``accelerate launch --cpu --num_processes N`` (which by itself starts one process unless
-mpirun is set up; the script then starts the N processes with torchrun), or ``torchrun --nproc_per_node N``.
+Several CPU processes: ``accelerate launch --cpu --num_processes N``, or a config file with ``use_cpu: true`` and
+``num_processes: N`` (Accelerate's launcher by itself starts one process there unless mpirun is set up; the script
+then restarts as this machine's share of the N processes with torchrun, over ``num_machines`` machines with
+``--machine_rank`` as Accelerate reads them), or ``torchrun --nproc_per_node N``.
 
 The same loop serves ``whisper-gpt demo`` and ``whisper-gpt reproduce``: `train` also takes in-memory datasets and
 a ready-built model, runs without validation, checkpoints or final folder when told, and `seconds_per_step` times
@@ -1326,7 +1328,7 @@ def config_from_args(args: argparse.Namespace) -> TrainingConfig:
 
 
 def _train_command(args: argparse.Namespace) -> dict[str, Any]:
-    # accelerate launch --cpu --num_processes N runs one process unless mpirun is set up; start the N here.
+    # accelerate launch on the CPU runs one process unless mpirun is set up; start the ones it was asked for here.
     _relaunch_if_accelerate_cpu_started_one_process()
     summary = train(config_from_args(args))
     if not summary["is_main_process"]:
@@ -1345,46 +1347,97 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=_train_command)
 
 
-def _processes_asked_of_accelerate_cpu() -> int | None:
-    """N when ``accelerate launch --cpu --num_processes N`` started this script as a single process.
-
-    Accelerate's launcher only starts several CPU processes through mpirun (``--mpirun_hostfile``); otherwise it
-    runs one process and passes the requested count nowhere but its own command line, read here from /proc.
-    """
-    env = os.environ
-    launched_by_cpu_launcher = env.get("ACCELERATE_USE_CPU", "").lower() in ("true", "1") and "MASTER_ADDR" in env
-    if not launched_by_cpu_launcher or any(name in env for name in ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE")):
-        return None
-    try:
-        parent = Path(f"/proc/{os.getppid()}/cmdline").read_bytes().decode().split("\0")
-    except OSError:
-        return None
-    for index, argument in enumerate(parent):
-        name, _, value = argument.partition("=")
-        if name in ("--num_processes", "--num-processes"):
-            value = value or (parent[index + 1] if index + 1 < len(parent) else "")
-            return int(value) if value.isdigit() else None
+def _launch_arguments(launcher_argv: list[str]) -> list[str] | None:
+    """The arguments given to ``accelerate launch`` in the command line ``launcher_argv`` of the process that started
+    this one (``accelerate launch ...``, ``accelerate-launch ...`` or ``python -m accelerate.commands.launch ...``),
+    or None when that process is not Accelerate's launcher."""
+    for index, argument in enumerate(launcher_argv):
+        if Path(argument).name == "accelerate-launch" or argument == "accelerate.commands.launch":
+            return launcher_argv[index + 1 :]
+        if argument == "launch" and index > 0 and Path(launcher_argv[index - 1]).name.startswith("accelerate"):
+            return launcher_argv[index + 1 :]
     return None
 
 
-def _relaunch_if_accelerate_cpu_started_one_process() -> None:
-    """Replace this process by N torchrun processes when ``accelerate launch --cpu --num_processes N`` started one.
+def _torchrun_for_accelerate_cpu(
+    launcher_argv: list[str], environment: dict[str, str], default_config: str
+) -> list[str] | None:
+    """The torchrun command that starts the processes ``accelerate launch`` (command line ``launcher_argv``) asked of
+    this machine, when its CPU launcher started one process instead; None when it asked for one process on one
+    machine, or ``launcher_argv`` is not Accelerate's launcher.
 
-    torchrun's processes find the group through the environment, and Accelerate joins it on the CPU (gloo).
+    The layout is resolved as Accelerate resolves it: ``--num_processes`` (the total over all machines),
+    ``--num_machines`` and ``--machine_rank`` from the command line, else from ``--config_file``, else from
+    ``default_config`` (Accelerate's default config file, read only without ``--cpu``); one process on one
+    machine otherwise. The processes meet at ``environment``'s MASTER_ADDR and MASTER_PORT (the launcher's
+    ``main_process_ip`` and ``main_process_port``) and run the script (or ``-m`` module) with the launcher's arguments.
     """
-    processes = _processes_asked_of_accelerate_cpu()
-    if not processes or processes < 2:
-        return
-    logger.info("accelerate launch --cpu started one process; starting %d with torchrun", processes)
-    command = [
+    from accelerate.commands.config.config_args import load_config_from_file
+    from accelerate.commands.launch import launch_command_parser
+    from accelerate.utils import ComputeEnvironment
+
+    arguments = _launch_arguments(launcher_argv)
+    if arguments is None:
+        return None
+    args = launch_command_parser().parse_args(arguments)
+    layout = {"num_processes": args.num_processes, "num_machines": args.num_machines, "machine_rank": args.machine_rank}
+    if args.config_file is not None or (os.path.isfile(default_config) and not args.cpu):
+        defaults = load_config_from_file(args.config_file or default_config)
+        if defaults.compute_environment == ComputeEnvironment.LOCAL_MACHINE:
+            layout = {name: getattr(defaults, name, None) if value is None else value for name, value in layout.items()}
+    processes, machines, rank = layout["num_processes"] or 1, layout["num_machines"] or 1, layout["machine_rank"] or 0
+    if processes == 1 and machines == 1:
+        return None
+    if processes % machines or not 0 <= rank < machines:
+        raise ValueError(
+            f"accelerate launch asked for {processes} CPU processes on {machines} machines, this one of rank {rank}: "
+            "num_processes is the total over all machines and must be a multiple of num_machines, and machine_rank "
+            "must be between 0 and num_machines - 1."
+        )
+    script = [*(["--no-python"] if args.no_python else []), *(["-m"] if args.module else [])]
+    return [
         sys.executable,
         "-m",
         "torch.distributed.run",
-        f"--nproc_per_node={processes}",
-        f"--master_addr={os.environ['MASTER_ADDR']}",
-        f"--master_port={os.environ.get('MASTER_PORT', '29500')}",
-        *sys.argv,
+        f"--nnodes={machines}",
+        f"--node_rank={rank}",
+        f"--nproc_per_node={processes // machines}",
+        f"--master_addr={environment['MASTER_ADDR']}",
+        f"--master_port={environment.get('MASTER_PORT', '29500')}",
+        *script,
+        args.training_script,
+        *args.training_script_args,
     ]
+
+
+def _relaunch_if_accelerate_cpu_started_one_process() -> None:
+    """Replace this process by this machine's torchrun processes when ``accelerate launch`` on the CPU asked for
+    several processes or machines and started one process (its launcher starts several CPU processes only through
+    mpirun, and passes the layout nowhere but its own command line and config file, read here; see
+    `_torchrun_for_accelerate_cpu`).
+
+    torchrun's processes find the group through the environment, and Accelerate joins it on the CPU (gloo).
+    """
+    from accelerate.commands.config import default_config_file
+
+    env = os.environ
+    # Accelerate's CPU launcher sets MASTER_ADDR only when it was asked for several processes or machines.
+    launched_by_cpu_launcher = env.get("ACCELERATE_USE_CPU", "").lower() in ("true", "1") and "MASTER_ADDR" in env
+    if not launched_by_cpu_launcher or any(name in env for name in ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE")):
+        return
+    try:
+        launcher = Path(f"/proc/{os.getppid()}/cmdline").read_bytes().decode().split("\0")[:-1]
+    except OSError:
+        raise ValueError(
+            "accelerate launch on the CPU asked for several processes but started one, and its command line cannot "
+            "be read here (no /proc) to start the others: run `torchrun --nproc_per_node N` on one machine, or "
+            "`torchrun --nnodes M --node_rank R --master_addr HOST0 --master_port PORT --nproc_per_node N` on each "
+            "of several."
+        ) from None
+    command = _torchrun_for_accelerate_cpu(launcher, dict(env), default_config_file)
+    if command is None:
+        return
+    logger.info("accelerate launch --cpu started one process; starting this machine's with %s", shlex.join(command))
     os.execv(sys.executable, command)
 
 
