@@ -33,7 +33,7 @@ from safetensors.torch import load_file
 
 from whisper_gpt import WhisperGPTForCausalLM, WhisperGPTProcessor
 from whisper_gpt.training import TrainingConfig, train
-from whisper_gpt.training.loop import _torchrun_for_accelerate_cpu
+from whisper_gpt.training.loop import _mixed_precision, _torchrun_for_accelerate_cpu
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "examples" / "accelerate"
@@ -323,7 +323,7 @@ def test_torchrun_trains_through_the_cli_with_two_cpu_processes(setup, one_proce
     _assert_matches_one_process(output, one_process)
 
 
-def test_configs_parse_into_the_launch_they_describe():
+def test_configs_parse_into_the_launch_they_describe(tmp_path, monkeypatch):
     from accelerate.commands.config.config_args import load_config_from_file
     from accelerate.utils import DistributedType
 
@@ -344,8 +344,14 @@ def test_configs_parse_into_the_launch_they_describe():
     # so what FSDP wraps does not follow what `_no_split_modules` keeps whole for device maps).
     assert environment["FSDP_TRANSFORMER_CLS_TO_WRAP"] == "WhisperGPTBlock"
     assert "WhisperGPTBlock" in WhisperGPTForCausalLM._no_split_modules
-    # The script's --mixed-precision decides the precision (Accelerator's argument overrides the launcher's).
+    # A file's mixed_precision reaches the processes, where it is the run's precision unless --mixed-precision is
+    # given (which may override "no", the files' value, and must match any other).
     assert {multi_node.mixed_precision, fsdp.mixed_precision} == {"no"}
+    settings = yaml.safe_load((CONFIGS / "fsdp.yaml").read_text())
+    (tmp_path / "bf16.yaml").write_text(yaml.safe_dump({**settings, "mixed_precision": "bf16"}))
+    _, environment = _launcher_environment(tmp_path / "bf16.yaml", "--num_processes", "2")
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", environment["ACCELERATE_MIXED_PRECISION"])
+    assert _mixed_precision(None) == "bf16"
 
 
 def test_fsdp2_sharding_of_the_config_trains_like_one_process_and_saves(tmp_path, tiny_processor):

@@ -23,7 +23,7 @@ from whisper_gpt.configuration_whisper_gpt import PAPER_PRESETS, PAPER_RESULTS
 from whisper_gpt.training import TrainingConfig, latest_checkpoint, train
 from whisper_gpt.training.data import prepare_dataset
 from whisper_gpt.training.evaluation import evaluate_model
-from whisper_gpt.training.loop import PRESETS, build_optimizer, model_config, seconds_per_step
+from whisper_gpt.training.loop import PRESETS, _mixed_precision, build_optimizer, model_config, seconds_per_step
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {
@@ -216,6 +216,48 @@ def test_bad_training_settings_are_refused(setup):
         train(_config(setup, "bad", resume="latest"))
     with pytest.raises(ValueError, match="warmup_steps"):
         train(_config(setup, "bad", warmup_steps=100))
+
+
+def test_mixed_precision_comes_from_the_launcher_unless_given(monkeypatch):
+    monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)
+    assert _mixed_precision(None) == "no" and _mixed_precision("bf16") == "bf16"
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")  # accelerate launch --mixed_precision or its config
+    assert _mixed_precision(None) == "bf16" and _mixed_precision("bf16") == "bf16"
+    with pytest.raises(ValueError, match=r"--mixed-precision no .*contradicts the launcher's mixed precision 'bf16'"):
+        _mixed_precision("no")
+    # "no" is also what accelerate launch sets when told nothing: a given precision overrides it.
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "no")
+    assert _mixed_precision("bf16") == "bf16" and _mixed_precision(None) == "no"
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "fp8")
+    with pytest.raises(ValueError, match=r"'fp8'.*supports 'no', 'fp16' and 'bf16'"):
+        _mixed_precision(None)
+
+
+@pytest.fixture
+def fresh_accelerator_state():
+    """Accelerate keeps one precision per process: another one needs its state reset (and reset back after)."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def test_a_launcher_precision_is_trained_in_and_recorded(setup, trained, monkeypatch, fresh_accelerator_state):
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
+    summary = train(_config(setup, "launcher-bf16", max_steps=1, warmup_steps=0, validate=False))
+    # The first step's loss (before any update, same model and batch) is the float32 run's under bf16 autocast.
+    first, reference = summary["history"][0]["train/loss"], trained["history"][0]["train/loss"]
+    assert first != reference and first == pytest.approx(reference, rel=2e-2)
+    card = (Path(summary["final_dir"]) / "README.md").read_text()
+    assert "| mixed precision | bf16 |" in card
+
+
+def test_an_fsdp_launch_that_accelerate_would_not_shard_is_refused(setup, monkeypatch):
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")  # what accelerate launch sets for an FSDP config
+    with pytest.raises(ValueError, match=r"applies FSDP on GPUs .*only.*would train plain DDP, without sharding"):
+        train(_config(setup, "fsdp-refused"))
+    assert not (setup / "fsdp-refused").exists()
 
 
 def _prepared(setup: Path, split: str):

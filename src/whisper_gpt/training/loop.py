@@ -138,7 +138,7 @@ class TrainingConfig:
     max_steps: int = 1000
     stop_at_step: int | None = None  # end this run early with a checkpoint (e.g. a job time limit); --resume goes on
     max_grad_norm: float = 1.0
-    mixed_precision: str = "no"
+    mixed_precision: str | None = None  # "no", "fp16" or "bf16"; None: the launcher's (see _mixed_precision)
     eval_every: int = 200  # 0: validate at the end only
     validate: bool = True  # False: no validation at all (no validation data is read)
     eval_batch_size: int = 8
@@ -661,8 +661,11 @@ def train(
     process's random states, or it is refused naming what differs or is missing (``ignore_missing_rng_state``
     resumes without the random states, inexactly). A codec calibrated into ``OUTPUT_DIR/processor`` is reused
     only for the same corpus and calibration settings; otherwise the run is refused, or with
-    ``overwrite_output_dir`` the codec is calibrated again. ``mixed_precision='fp16'`` on the CPU (where it has no
-    effect) and a model with float16 parameters (pure fp16 training) are refused.
+    ``overwrite_output_dir`` the codec is calibrated again. ``mixed_precision=None`` trains in the launcher's
+    precision (``accelerate launch --mixed_precision`` or its config file's), else "no"; a given precision overrides
+    the launcher's "no" and is refused when the launcher asks for another one. ``mixed_precision='fp16'`` on the CPU
+    (where it has no effect), a model with float16 parameters (pure fp16 training) and an FSDP launch that
+    Accelerate would not shard (FSDP needs GPUs: on the CPU it would train plain DDP) are refused.
 
     Args:
         config: the run's settings.
@@ -690,9 +693,11 @@ def train(
         final folder was written; the process layout.
     """
     from accelerate import Accelerator
-    from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration
+    from accelerate.utils import DataLoaderConfiguration, DistributedType, ProjectConfiguration
 
     _check(config, model=model, processor=processor, train_dataset=train_dataset, validation_dataset=validation_dataset)
+    # From here on the config holds the precision the run trains in (recorded in checkpoints and the model card).
+    config = dataclasses.replace(config, mixed_precision=_mixed_precision(config.mixed_precision))
     output_dir = Path(config.output_dir)
     on_cpu = not torch.accelerator.is_available()
     if config.mixed_precision == "fp16" and on_cpu:
@@ -708,6 +713,15 @@ def train(
         project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / LOGS_DIR)),
         dataloader_config=DataLoaderConfiguration(split_batches=True),
     )
+    fsdp_asked = os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true"
+    if fsdp_asked and accelerator.distributed_type != DistributedType.FSDP:
+        raise ValueError(
+            "The launcher asks for FSDP (ACCELERATE_USE_FSDP=true), but Accelerate applies FSDP on GPUs (and other "
+            f"accelerators) only, in processes a distributed launcher started: this run "
+            f"({accelerator.distributed_type.value}, {accelerator.num_processes} process(es)) would train plain DDP, "
+            "without sharding. On the CPU launch with a DDP config (examples/accelerate/multi_node_ddp.yaml), "
+            "`accelerate launch --cpu` or torchrun."
+        )
     if config.batch_size % accelerator.num_processes:
         raise ValueError(
             f"batch_size ({config.batch_size}) is the global batch and must be divisible by the number of processes "
@@ -1039,6 +1053,32 @@ def _model_to_save(accelerator: Any, model: torch.nn.Module) -> torch.nn.Module 
     return plain
 
 
+def _mixed_precision(requested: str | None) -> str:
+    """The precision a run trains in: ``requested`` (``TrainingConfig.mixed_precision``, ``--mixed-precision``) when
+    given, else the launcher's (``ACCELERATE_MIXED_PRECISION``: ``accelerate launch --mixed_precision`` or its config
+    file's ``mixed_precision``), else "no".
+
+    A requested precision overrides the launcher's "no", which is also what ``accelerate launch`` sets when told
+    nothing; one that differs from another launcher precision is refused, as is a launcher precision training does
+    not support (fp8).
+    """
+    launcher = os.environ.get("ACCELERATE_MIXED_PRECISION", "").lower() or None
+    if requested is None:
+        if launcher not in (None, "no", "fp16", "bf16"):
+            raise ValueError(
+                f"The launcher asks for mixed precision {launcher!r} (ACCELERATE_MIXED_PRECISION); training supports "
+                "'no', 'fp16' and 'bf16': set one in the launcher or pass --mixed-precision."
+            )
+        return launcher or "no"
+    if launcher not in (None, "no", requested):
+        raise ValueError(
+            f"--mixed-precision {requested} (mixed_precision={requested!r}) contradicts the launcher's mixed precision "
+            f"{launcher!r} (accelerate launch --mixed_precision or its config file's mixed_precision): give it in one "
+            "place, or the same value in both."
+        )
+    return requested
+
+
 def _first_batch_everywhere(accelerator: Any, batches: Iterator[Any]) -> Iterator[Any]:
     """``batches`` after every process has read its first one: a process whose share of a stream is too small fails
     them all with its message, instead of leaving the others waiting for it in the first gradient reduction."""
@@ -1156,8 +1196,8 @@ def _check(
         )
     if config.learning_rate <= 0:
         raise ValueError(f"learning_rate must be positive, got {config.learning_rate}.")
-    if config.mixed_precision not in ("no", "fp16", "bf16"):
-        raise ValueError(f"mixed_precision must be 'no', 'fp16' or 'bf16', got {config.mixed_precision!r}.")
+    if config.mixed_precision not in (None, "no", "fp16", "bf16"):
+        raise ValueError(f"mixed_precision must be 'no', 'fp16', 'bf16' or None, got {config.mixed_precision!r}.")
     if config.resume and config.overwrite_output_dir:
         raise ValueError(
             "resume continues the run in output_dir and overwrite_output_dir deletes it; give one of them."
@@ -1282,7 +1322,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--mixed-precision",
         choices=("no", "fp16", "bf16"),
         default=defaults.mixed_precision,
-        help="fp16 needs a GPU (refused on the CPU, where it has no effect); bf16 works on both",
+        help="default: the launcher's (accelerate launch --mixed_precision or its config file's), else no; a "
+        "value here overrides the launcher's 'no' and must match any other; fp16 needs a GPU (refused on the CPU, "
+        "where it has no effect); bf16 works on both",
     )
     parser.add_argument("--report-to", default=defaults.report_to, help="tensorboard (default), wandb, ..., or none")
     parser.add_argument("--resume", nargs="?", const="latest", help="continue from the latest (or a given) checkpoint")
