@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import shutil
 import subprocess
 import sys
@@ -184,6 +185,19 @@ def test_minutes_cap_keeps_every_source_and_cuts_long_files(tmp_path, debs):
     assert sum(summary["seconds"].values()) <= 16.0 + 0.1
     talk = [row for row in load_manifest(tmp_path / "large") if row["source"] == "fake-talk"]
     assert sum(row["duration"] for row in talk) == pytest.approx(16.0 - 3.9, abs=0.15)
+
+
+def test_a_share_bar_counts_whole_seconds(tmp_path, capsys):
+    seconds = [1.37, 0.91, 1.23]  # 3.51 s in all: a float count would print as 3.51/4
+    items = [
+        corpus._Item(f"tone{index}.wav", PurePosixPath(f"tone{index}.wav"), length, lambda n=length: _tone(n, 24000))
+        for index, length in enumerate(seconds)
+    ]
+    rows, skipped = corpus._fill("tones", items, share=3.6, cap=math.inf, out=tmp_path, progress=True)
+    assert skipped == 0 and sum(row["duration"] for row in rows) == pytest.approx(sum(seconds))
+    counts = re.findall(r"(\S+)/(\S+) \[", capsys.readouterr().err)
+    assert counts and all(done.isdigit() and total == "4" for done, total in counts), counts
+    assert counts[-1][0] == "4"
 
 
 def test_second_run_reuses_downloads_and_audio(tmp_path, debs):

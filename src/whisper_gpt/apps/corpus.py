@@ -491,7 +491,8 @@ def _fill(name: str, order: list[_Item], share: float, cap: float, out: Path, pr
             else:
                 rows.append(row)
                 used += row["duration"]
-            bar.update((row["duration"] if row else 0) if bounded else 1)
+            # A bounded bar counts whole seconds: its total is the rounded share, and fractions would print as floats.
+            bar.update(round(used) - bar.n if bounded else 1)
     return rows, skipped
 
 
