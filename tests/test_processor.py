@@ -9,6 +9,7 @@ import pytest
 import torch
 from conftest import TINY_CODEBOOK_SIZE, TINY_MEL_BINS, real_like_audio, tiny_config
 from transformers import AutoProcessor, EncodecModel
+from transformers.utils import PaddingStrategy
 
 from whisper_gpt import (
     WhisperGPTAudioTokenizer,
@@ -122,3 +123,91 @@ def test_processor_needs_a_whisper_gpt_audio_tokenizer() -> None:
         WhisperGPTProcessor(WhisperGPTFeatureExtractor(), EncodecModel(small_encodec_config()))
     tokenizer = WhisperGPTAudioTokenizer(EncodecModel(small_encodec_config()))
     assert not tokenizer.calibrated
+
+
+def test_datasets_audio_dicts_are_accepted_with_their_own_rates(tiny_processor) -> None:
+    clip, other = real_like_audio(0.3), real_like_audio(0.2, sampling_rate=16000, seed=3)
+    expected = [tiny_processor(audio=clip, sampling_rate=24000), tiny_processor(audio=other, sampling_rate=16000)]
+    single = tiny_processor(audio={"array": clip, "sampling_rate": 24000, "path": "ignored.wav"})
+    torch.testing.assert_close(single.input_ids, expected[0].input_ids, atol=0, rtol=0)
+    batch = tiny_processor(audio=[{"array": clip, "sampling_rate": 24000}, {"raw": other, "sampling_rate": 16000}])
+    for index, alone in enumerate(expected):
+        frames = alone.input_ids.shape[-1]
+        torch.testing.assert_close(batch.input_ids[index, :, :frames], alone.input_ids[0], atol=0, rtol=0)
+        torch.testing.assert_close(batch.input_features[index, :frames], alone.input_features[0], atol=0, rtol=0)
+    extracted = tiny_processor.feature_extractor({"array": clip, "sampling_rate": 24000}, return_tensors="pt")
+    torch.testing.assert_close(extracted.input_features, expected[0].input_features, atol=0, rtol=0)
+    with pytest.raises(ValueError, match=r"audio\[1\] is at 16000 Hz \(its dict says so\) but sampling_rate=24000"):
+        tiny_processor(audio=[clip, {"array": other, "sampling_rate": 16000}], sampling_rate=24000)
+    with pytest.raises(ValueError, match=r'audio\[0\] is a dict with keys \[\'audio\'\]; an audio dict needs "array"'):
+        tiny_processor(audio={"audio": clip})
+    with pytest.raises(ValueError, match='"sampling_rate" of audio'):
+        tiny_processor(audio={"array": clip, "sampling_rate": "24000"})
+
+
+def test_padding_truncation_and_max_length_count_samples(tiny_processor) -> None:
+    long, short = real_like_audio(0.5, seed=1), real_like_audio(0.1, seed=2)  # 12000 and 2400 samples
+    longest = tiny_processor(audio=[long, short], sampling_rate=24000)
+    for padding in (True, "longest", PaddingStrategy.LONGEST):
+        padded = tiny_processor(audio=[long, short], sampling_rate=24000, padding=padding)
+        torch.testing.assert_close(padded.input_ids, longest.input_ids, atol=0, rtol=0)
+
+    # max_length 16001 samples: ceil(16001 / 320) = 51 frames, the real ones as without padding.
+    padded = tiny_processor(audio=[long, short], sampling_rate=24000, padding="max_length", max_length=16001)
+    assert padded.input_ids.shape[-1] == padded.input_features.shape[1] == 51
+    assert padded.attention_mask.sum(-1).tolist() == [38, 8]
+    torch.testing.assert_close(padded.input_ids[:, :, :38], longest.input_ids, atol=0, rtol=0)
+    torch.testing.assert_close(padded.input_features[:, :38], longest.input_features, atol=0, rtol=0)
+    assert (padded.input_ids[:, :, 38:] == 0).all() and (padded.input_features[:, 38:] == 0).all()
+
+    # Truncation keeps the first max_length samples: the same as cutting the clip first.
+    cut = tiny_processor(audio=[long, short], sampling_rate=24000, truncation=True, max_length=3000)
+    alone = tiny_processor(audio=[long[:3000], short], sampling_rate=24000)
+    for key in ("input_ids", "input_features", "attention_mask"):
+        torch.testing.assert_close(cut[key], alone[key], atol=0, rtol=0)
+    assert cut.input_ids.shape[-1] == 10  # ceil(3000 / 320)
+    both = tiny_processor(
+        audio=[long, short], sampling_rate=24000, truncation=True, max_length=3000, padding="max_length"
+    )
+    assert both.input_ids.shape[-1] == 10 and both.attention_mask.sum(-1).tolist() == [10, 8]
+
+    for padding in (False, "do_not_pad"):
+        ragged = tiny_processor(audio=[long, short], sampling_rate=24000, padding=padding, return_tensors=None)
+        codebooks = tiny_processor.audio_tokenizer.num_codebooks
+        assert [codes.shape for codes in ragged["input_ids"]] == [(codebooks, 38), (codebooks, 8)]
+        assert [features.shape[0] for features in ragged["input_features"]] == [38, 8]
+        np.testing.assert_array_equal(ragged["input_ids"][1], alone.input_ids[1, :, :8].numpy())
+        assert [mask.tolist() for mask in ragged["attention_mask"]] == [[1] * 38, [1] * 8]
+    unpadded = tiny_processor(audio=long, sampling_rate=24000, padding=False)
+    torch.testing.assert_close(unpadded.input_ids, longest.input_ids[:1], atol=0, rtol=0)
+
+    no_mask = tiny_processor(audio=[long, short], sampling_rate=24000, return_attention_mask=False)
+    assert "attention_mask" not in no_mask and no_mask.input_ids.shape == longest.input_ids.shape
+    features_only = tiny_processor.feature_extractor(
+        [long, short], sampling_rate=24000, padding="max_length", max_length=16001, return_tensors="pt"
+    )
+    torch.testing.assert_close(features_only.input_features, padded.input_features, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"padding": "max_length"}, 'padding="max_length" needs max_length'),
+        ({"truncation": True}, "truncation=True needs max_length"),
+        ({"max_length": 4000}, 'max_length=4000 is only used with padding="max_length" or truncation=True'),
+        ({"padding": "max_length", "max_length": 4000}, r"audio\[0\] has 12000 samples, more than max_length=4000"),
+        ({"padding": "maximum"}, "padding must be True, False"),
+        ({"padding": "max_length", "max_length": 0}, "max_length must be a positive whole number of samples"),
+        ({"truncation": True, "max_length": 100.5}, "max_length must be a positive whole number"),
+        ({"truncation": "longest_first", "max_length": 100}, "truncation must be True or False"),
+        ({"padding": False}, "Clips of different lengths cannot be stacked"),
+    ],
+)
+def test_length_options_that_cannot_be_honoured_are_refused(tiny_processor, options: dict, message: str) -> None:
+    clips = [real_like_audio(0.5, seed=1), real_like_audio(0.1, seed=2)]
+    with pytest.raises(ValueError, match=message):
+        tiny_processor(audio=clips, sampling_rate=24000, **options)
+    with pytest.raises(ValueError, match=message):
+        tiny_processor.feature_extractor(clips, sampling_rate=24000, return_tensors="np", **options)
+    with pytest.raises(TypeError, match="pad_to_multiple_of"):
+        tiny_processor(audio=clips, sampling_rate=24000, pad_to_multiple_of=8)

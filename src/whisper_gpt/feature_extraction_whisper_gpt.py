@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -18,7 +18,7 @@ import torch
 from transformers.audio_utils import mel_filter_bank
 from transformers.feature_extraction_sequence_utils import SequenceFeatureExtractor
 from transformers.feature_extraction_utils import BatchFeature
-from transformers.utils import logging
+from transformers.utils import PaddingStrategy, logging
 
 logger = logging.get_logger(__name__)
 
@@ -34,6 +34,9 @@ MAX_SAMPLING_RATE = 384_000
 # The longest clip accepted, in seconds at the rate it is processed at: longer ones are refused before they are
 # resampled or featurised (4 hours at 24 kHz is 1.4 GB of float32 samples).
 MAX_CLIP_SECONDS = 4 * 3600
+# `fit_clip_lengths`' answer (and `features_from_clips`'s default) for "pad every clip to the longest one's frames".
+LONGEST = -1
+PADDING_STRATEGIES = ("longest", "max_length", "do_not_pad")
 
 AudioInput = np.ndarray | torch.Tensor | Sequence[float]
 
@@ -106,57 +109,88 @@ def _to_float_mono(clip: Any, index: int) -> np.ndarray:
 
 
 def normalize_audio_batch(
-    audio: AudioInput | Sequence[AudioInput],
+    audio: AudioInput | Mapping[str, Any] | Sequence[AudioInput | Mapping[str, Any]],
     sampling_rate: int | None,
     target_sampling_rate: int,
 ) -> list[np.ndarray]:
     """Validate audio and bring it to float32 mono at ``target_sampling_rate``.
 
-    ``audio`` is one clip (1-D, or 2-D with up to two channels) or a list of clips. Returns a list of
-    (num_samples,) float32 arrays. Raises `AudioInputError` (a ``ValueError``) for a missing or invalid sampling
-    rate (`check_sampling_rate`), empty clips, non-finite samples, arrays of the wrong rank, and clips longer than
-    ``MAX_CLIP_SECONDS`` at ``target_sampling_rate`` (checked before resampling allocates them). Audio at another
-    rate is resampled with soxr (an optional dependency); ``ImportError`` says what to do when it is not installed.
+    ``audio`` is one clip (1-D, or 2-D with up to two channels) or a list of clips. A clip may also be a dict
+    ``{"array": samples, "sampling_rate": rate}`` as `datasets` yields it (``"raw"`` is taken for ``"array"``, as
+    transformers' audio pipelines do; other keys such as ``"path"`` are not read); its own rate applies to it, and a
+    ``sampling_rate`` passed as well must agree with it. Returns a list of (num_samples,) float32 arrays. Raises
+    `AudioInputError` (a ``ValueError``) for a missing or invalid sampling rate (`check_sampling_rate`), a dict without
+    its keys, empty clips, non-finite samples, arrays of the wrong rank, and clips longer than ``MAX_CLIP_SECONDS`` at
+    ``target_sampling_rate`` (checked before resampling allocates them). Audio at another rate is resampled with soxr
+    (an optional dependency); ``ImportError`` says what to do when it is not installed.
     """
-    if sampling_rate is None:
-        raise AudioInputError(
-            "sampling_rate is required: pass the rate the audio was recorded at, e.g. "
-            f"sampling_rate=16000. It is resampled to {target_sampling_rate} Hz when it differs."
-        )
-    sampling_rate = check_sampling_rate(sampling_rate)
-    is_single = isinstance(audio, (np.ndarray, torch.Tensor)) or (
+    is_single = isinstance(audio, (np.ndarray, torch.Tensor, Mapping)) or (
         isinstance(audio, Sequence) and len(audio) > 0 and np.isscalar(audio[0])
     )
-    clips = [audio] if is_single else list(audio)
-    if not clips:
+    items = [audio] if is_single else list(audio)
+    if not items:
         raise AudioInputError("audio is an empty list; pass at least one clip.")
-    mono = [_to_float_mono(clip, index) for index, clip in enumerate(clips)]
+    if sampling_rate is not None:
+        sampling_rate = check_sampling_rate(sampling_rate)
+    mono, rates = [], []
+    for index, item in enumerate(items):
+        clip, rate = _unpack_clip(item, index, sampling_rate, target_sampling_rate)
+        mono.append(_to_float_mono(clip, index))
+        rates.append(rate)
     limit = MAX_CLIP_SECONDS * target_sampling_rate
-    for index, clip in enumerate(mono):
-        resampled = math.ceil(clip.shape[0] * target_sampling_rate / sampling_rate)
+    for index, (clip, rate) in enumerate(zip(mono, rates, strict=True)):
+        resampled = math.ceil(clip.shape[0] * target_sampling_rate / rate)
         if resampled > limit:
             raise AudioInputError(
-                f"audio[{index}] is {clip.shape[0] / sampling_rate:.0f} s long at sampling_rate={sampling_rate} "
+                f"audio[{index}] is {clip.shape[0] / rate:.0f} s long at sampling_rate={rate} "
                 f"({resampled:,} samples at {target_sampling_rate} Hz); clips are limited to {MAX_CLIP_SECONDS} s. "
                 "Check the sampling rate, or split the audio into shorter clips."
             )
-    if sampling_rate != target_sampling_rate:
-        # Optional: neither torch nor transformers has a resampler of its own (transformers uses soxr or
-        # torchaudio), and audio already at the model's rate never needs one.
-        try:
-            import soxr
-        except ImportError as error:
-            raise ImportError(
-                f"Resampling audio from {sampling_rate} Hz to {target_sampling_rate} Hz needs the soxr package: "
-                f"pip install soxr, or pass audio recorded or resampled at {target_sampling_rate} Hz."
-            ) from error
-        logger.warning_once(
-            f"Resampling audio from {sampling_rate} Hz to {target_sampling_rate} Hz with soxr. Pass audio at "
-            f"{target_sampling_rate} Hz to skip this step."
+    return [_resample(clip, rate, target_sampling_rate) for clip, rate in zip(mono, rates, strict=True)]
+
+
+def _unpack_clip(item: Any, index: int, sampling_rate: int | None, target_sampling_rate: int) -> tuple[Any, int]:
+    """(samples, rate) of one item: a dict carries its own rate, anything else takes ``sampling_rate``."""
+    if not isinstance(item, Mapping):
+        if sampling_rate is None:
+            raise AudioInputError(
+                "sampling_rate is required: pass the rate the audio was recorded at, e.g. "
+                f"sampling_rate=16000. It is resampled to {target_sampling_rate} Hz when it differs."
+            )
+        return item, sampling_rate
+    where = f"audio[{index}]"
+    if ("array" in item) == ("raw" in item) or "sampling_rate" not in item:
+        raise AudioInputError(
+            f'{where} is a dict with keys {sorted(item)}; an audio dict needs "array" (or "raw") and "sampling_rate", '
+            'e.g. {"array": samples, "sampling_rate": 16000}.'
         )
-        mono = [soxr.resample(clip, sampling_rate, target_sampling_rate).astype(np.float32) for clip in mono]
-        mono = [clip if clip.size else np.zeros(1, dtype=np.float32) for clip in mono]
-    return mono
+    rate = check_sampling_rate(item["sampling_rate"], f'the "sampling_rate" of {where}')
+    if sampling_rate is not None and sampling_rate != rate:
+        raise AudioInputError(
+            f"{where} is at {rate} Hz (its dict says so) but sampling_rate={sampling_rate} was passed; drop "
+            "sampling_rate, the dict's rate is used."
+        )
+    return item["array"] if "array" in item else item["raw"], rate
+
+
+def _resample(clip: np.ndarray, sampling_rate: int, target_sampling_rate: int) -> np.ndarray:
+    if sampling_rate == target_sampling_rate:
+        return clip
+    # Optional: neither torch nor transformers has a resampler of its own (transformers uses soxr or
+    # torchaudio), and audio already at the model's rate never needs one.
+    try:
+        import soxr
+    except ImportError as error:
+        raise ImportError(
+            f"Resampling audio from {sampling_rate} Hz to {target_sampling_rate} Hz needs the soxr package: "
+            f"pip install soxr, or pass audio recorded or resampled at {target_sampling_rate} Hz."
+        ) from error
+    logger.warning_once(
+        f"Resampling audio from {sampling_rate} Hz to {target_sampling_rate} Hz with soxr. Pass audio at "
+        f"{target_sampling_rate} Hz to skip this step."
+    )
+    resampled = soxr.resample(clip, sampling_rate, target_sampling_rate).astype(np.float32)
+    return resampled if resampled.size else np.zeros(1, dtype=np.float32)
 
 
 def num_frames(num_samples: int, hop_length: int) -> int:
@@ -371,53 +405,155 @@ class WhisperGPTFeatureExtractor(SequenceFeatureExtractor):
 
     def __call__(
         self,
-        raw_speech: AudioInput | Sequence[AudioInput],
+        raw_speech: AudioInput | Mapping[str, Any] | Sequence[AudioInput | Mapping[str, Any]],
         sampling_rate: int | None = None,
         return_tensors: str | None = None,
         return_attention_mask: bool | None = None,
+        padding: bool | str | PaddingStrategy = True,
+        truncation: bool = False,
+        max_length: int | None = None,
         **kwargs,
     ) -> BatchFeature:
         """Compute causal log-mel features for one clip or a list of clips.
 
         Args:
-            raw_speech: a clip (N,), (N, C) or (C, N) with C <= 2, or a list of clips; float or integer PCM.
-            sampling_rate: rate of ``raw_speech`` in Hz (required; resampled when it differs).
+            raw_speech: a clip (N,), (N, C) or (C, N) with C <= 2, or a list of clips; float or integer PCM. A clip
+                may be a dict ``{"array": samples, "sampling_rate": rate}`` (the `datasets` audio format), which
+                carries its own rate (`normalize_audio_batch`).
+            sampling_rate: rate of ``raw_speech`` in Hz (required unless every clip is a dict; resampled when it
+                differs from ``self.sampling_rate``).
             return_tensors: ``"pt"``, ``"np"`` or ``None`` (lists).
+            return_attention_mask: return ``attention_mask`` (default: ``self.return_attention_mask``, True).
+            padding, truncation, max_length: as transformers' audio feature extractors take them, with
+                ``max_length`` in samples at ``self.sampling_rate`` (after resampling); see `fit_clip_lengths`.
         Returns:
-            `BatchFeature` with ``input_features`` (B, T, num_mel_bins) and ``attention_mask`` (B, T),
-            T = ceil(longest clip's samples / hop_length); shorter clips are right-padded.
+            `BatchFeature` with ``input_features`` (B, T, num_mel_bins) and ``attention_mask`` (B, T). T is
+            ceil(longest clip's samples / hop_length), or ceil(max_length / hop_length) with
+            ``padding="max_length"``; shorter clips are right-padded with ``padding_value`` (mask 0). Without padding
+            each clip keeps its own T_i: lists of (T_i, num_mel_bins) and (T_i,) arrays.
         """
         if kwargs:
-            raise TypeError(f"Unexpected arguments for WhisperGPTFeatureExtractor: {sorted(kwargs)}")
+            raise TypeError(
+                f"Unexpected arguments for WhisperGPTFeatureExtractor: {sorted(kwargs)}; it takes sampling_rate, "
+                "return_tensors, return_attention_mask, padding, truncation and max_length."
+            )
         clips = normalize_audio_batch(raw_speech, sampling_rate, self.sampling_rate)
-        return self.features_from_clips(clips, return_tensors, return_attention_mask)
+        clips, padded_frames = fit_clip_lengths(clips, padding, truncation, max_length, self.hop_length)
+        return self.features_from_clips(clips, return_tensors, return_attention_mask, padded_frames)
 
     def features_from_clips(
         self,
         clips: list[np.ndarray],
         return_tensors: str | None = None,
         return_attention_mask: bool | None = None,
+        padded_frames: int | None = LONGEST,
     ) -> BatchFeature:
-        """Features of clips already validated by `normalize_audio_batch` (float32 mono, right rate)."""
+        """Features of clips already validated by `normalize_audio_batch` (float32 mono, right rate).
+
+        ``padded_frames``: the frames to right-pad every clip to (`LONGEST`: the longest clip's; None: no padding),
+        as `fit_clip_lengths` returns it.
+        """
         lengths = [num_frames(clip.shape[0], self.hop_length) for clip in clips]
-        max_frames = max(lengths)
-        features = np.full((len(clips), max_frames, self.feature_size), self.padding_value, dtype=np.float32)
-        attention_mask = np.zeros((len(clips), max_frames), dtype=np.int64)
+        features = []
         with torch.inference_mode():
-            for index, clip in enumerate(clips):
-                clip_features = self.causal_log_mel(torch.from_numpy(clip)[None])[0]
-                features[index, : lengths[index]] = clip_features.numpy()
-                attention_mask[index, : lengths[index]] = 1
-        data = {"input_features": features}
+            for clip in clips:
+                features.append(self.causal_log_mel(torch.from_numpy(clip)[None])[0].numpy())
+        if padded_frames == LONGEST:
+            padded_frames = max(lengths)
+        data = {"input_features": stack_frames(features, padded_frames, self.padding_value, 0, return_tensors)}
         if return_attention_mask if return_attention_mask is not None else self.return_attention_mask:
-            data["attention_mask"] = attention_mask
+            masks = [np.ones(length, dtype=np.int64) for length in lengths]
+            data["attention_mask"] = stack_frames(masks, padded_frames, 0, 0, return_tensors)
         return BatchFeature(data, tensor_type=return_tensors)
+
+
+def fit_clip_lengths(
+    clips: list[np.ndarray],
+    padding: bool | str | PaddingStrategy,
+    truncation: bool,
+    max_length: int | None,
+    hop_length: int,
+) -> tuple[list[np.ndarray], int | None]:
+    """Apply transformers' audio length options to clips (float32 mono at the extractor's rate).
+
+    ``max_length`` counts samples at the extractor's rate, as transformers' audio feature extractors count it (the
+    frames are ceil(max_length / hop_length)). ``truncation=True`` cuts every clip to its first ``max_length``
+    samples. ``padding``: True or "longest" pads to the longest clip, "max_length" to ``max_length``'s frames (a
+    longer clip is refused unless ``truncation=True``), False or "do_not_pad" pads nothing. ``max_length`` is needed
+    by "max_length" and truncation and refused elsewhere (it would do nothing).
+
+    Returns:
+        The (possibly truncated) clips and the frames to pad them to: an int, `LONGEST`, or None (no padding).
+    """
+    strategy = _padding_strategy(padding)
+    if max_length is not None and (
+        isinstance(max_length, (bool, np.bool_)) or not isinstance(max_length, numbers.Integral) or max_length < 1
+    ):
+        raise ValueError(f"max_length must be a positive whole number of samples, got {max_length!r}.")
+    if not isinstance(truncation, (bool, np.bool_)):
+        raise ValueError(f"truncation must be True or False, got {truncation!r}.")
+    if max_length is None and (truncation or strategy == "max_length"):
+        what = "truncation=True" if truncation else 'padding="max_length"'
+        raise ValueError(f"{what} needs max_length, the number of samples at the extractor's rate.")
+    if max_length is not None and not truncation and strategy != "max_length":
+        raise ValueError(
+            f'max_length={max_length} is only used with padding="max_length" or truncation=True (padding='
+            f'"{strategy}" does not read it); pass one of them or drop max_length.'
+        )
+    if truncation:
+        clips = [clip[:max_length] for clip in clips]
+    if strategy == "do_not_pad":
+        return clips, None
+    if strategy == "longest":
+        return clips, LONGEST
+    for index, clip in enumerate(clips):
+        if clip.shape[0] > max_length:
+            raise ValueError(
+                f"audio[{index}] has {clip.shape[0]} samples, more than max_length={max_length} for "
+                'padding="max_length"; pass truncation=True to cut it, or a larger max_length.'
+            )
+    return clips, num_frames(max_length, hop_length)
+
+
+def _padding_strategy(padding: Any) -> str:
+    if isinstance(padding, (bool, np.bool_)):
+        return "longest" if padding else "do_not_pad"
+    value = padding.value if isinstance(padding, PaddingStrategy) else padding
+    if value not in PADDING_STRATEGIES:
+        raise ValueError(f'padding must be True, False, "longest", "max_length" or "do_not_pad", got {padding!r}.')
+    return value
+
+
+def stack_frames(
+    arrays: list[np.ndarray], frames: int | None, padding_value: float, frame_axis: int, return_tensors: str | None
+) -> np.ndarray | list[np.ndarray]:
+    """Right-pad per-clip arrays along ``frame_axis`` to ``frames`` and stack them into (B, ...).
+
+    ``frames`` None (no padding) keeps the list, unless tensors are asked for: clips of one length stack as they
+    are, clips of different lengths raise a ValueError (a tensor cannot hold them).
+    """
+    if frames is None:
+        if return_tensors is None:
+            return arrays
+        if len({array.shape[frame_axis] for array in arrays}) > 1:
+            raise ValueError(
+                f'Clips of different lengths cannot be stacked into return_tensors="{return_tensors}" without '
+                "padding: pass padding=True (or 'max_length'), or return_tensors=None for a list per clip."
+            )
+        return np.stack(arrays)
+    shape = list(arrays[0].shape)
+    shape[frame_axis] = frames
+    stacked = np.full([len(arrays), *shape], padding_value, dtype=arrays[0].dtype)
+    for index, array in enumerate(arrays):
+        stacked[(index, *[slice(None)] * frame_axis, slice(0, array.shape[frame_axis]))] = array
+    return stacked
 
 
 __all__ = [
     "AudioInputError",
     "WhisperGPTFeatureExtractor",
     "check_sampling_rate",
+    "fit_clip_lengths",
     "normalize_audio_batch",
     "num_frames",
 ]

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -11,12 +13,23 @@ import numpy as np
 import torch
 from transformers.feature_extraction_utils import BatchFeature
 from transformers.processing_utils import ProcessorMixin
+from transformers.utils import PaddingStrategy
 
-from .feature_extraction_whisper_gpt import AudioInput, WhisperGPTFeatureExtractor, normalize_audio_batch
+from .feature_extraction_whisper_gpt import (
+    LONGEST,
+    AudioInput,
+    WhisperGPTFeatureExtractor,
+    fit_clip_lengths,
+    normalize_audio_batch,
+    stack_frames,
+)
+
+# Importing the pipeline also registers its task where this file runs as remote code (trust_remote_code; the model's
+# code reaches this file through generation), so pipelines built from model objects find it without the package.
+from .pipeline_whisper_gpt import AudioContinuationPipeline
 from .tokenization_whisper_gpt import WhisperGPTAudioTokenizer
 
 AUDIO_TOKENIZER_SUBFOLDER = "audio_tokenizer"
-PIPELINE_FILE = "pipeline_whisper_gpt.py"
 # Arguments of from_pretrained that only concern where files come from, forwarded to both components.
 HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder")
 
@@ -61,49 +74,82 @@ class WhisperGPTProcessor(ProcessorMixin):
         return self.feature_extractor.sampling_rate
 
     @property
+    def tokenizer(self) -> WhisperGPTAudioTokenizer:
+        """The model's tokenizer: the codec, whose codes are the model's ``input_ids`` (there is no text tokenizer).
+
+        transformers reads it where a processor's tokenizer matters: `Trainer(processing_class=processor)` aligns the
+        model's special token ids with its ``bos_token_id`` / ``eos_token_id`` / ``pad_token_id`` before training.
+        The codec defines none, so the model's generation config (whose EOS, if any, is a codebook-0 code) is kept.
+        """
+        return self.audio_tokenizer
+
+    @property
     def model_input_names(self) -> list[str]:
         return ["input_ids", "input_features", "attention_mask"]
 
     def __call__(
         self,
-        audio: AudioInput | list[AudioInput] | None = None,
+        audio: AudioInput | Mapping[str, Any] | list[AudioInput | Mapping[str, Any]] | None = None,
         sampling_rate: int | None = None,
         return_tensors: str | None = "pt",
         mel_source: str = "audio",
         mel_num_codebooks: int | None = None,
+        padding: bool | str | PaddingStrategy = True,
+        truncation: bool = False,
+        max_length: int | None = None,
+        return_attention_mask: bool | None = None,
         **kwargs: Any,
     ) -> BatchFeature:
         """Encode one clip or a list of clips (any rate, mono or stereo, float or integer PCM).
 
         Args:
+            audio: a clip, a dict ``{"array": samples, "sampling_rate": rate}`` as `datasets` yields it (its own
+                rate applies), or a list of these.
+            sampling_rate: the rate of the audio in Hz; required unless every clip is a dict.
             mel_source: ``"audio"`` computes the mel frames from the audio itself. ``"codec"`` computes them from
                 the codec's resynthesis ``decode(encode(audio))`` with the first ``mel_num_codebooks`` codebooks
                 (default: all the codec emits). Generation can only compute mel frames from decoded codes, so a
                 hybrid model trained on ``"codec"`` mel sees the same kind of input in training and generation;
                 use it with the model's ``num_codebooks`` (e.g. 1 for the paper's model, whose one-codebook
                 audio is far from the original) whenever the model will generate.
+            padding, truncation, max_length: transformers' audio length options, with ``max_length`` in samples at
+                the processor's rate (``sampling_rate``, after resampling): True / "longest" (default) pads to the
+                longest clip, "max_length" to ceil(max_length / hop_length) frames, False / "do_not_pad" not at
+                all; ``truncation=True`` keeps the first ``max_length`` samples of each clip (see
+                `fit_clip_lengths`).
+            return_attention_mask: return ``attention_mask`` (default: the feature extractor's setting, True).
         Returns:
             `BatchFeature` with ``input_ids`` (B, K, T) int64, ``input_features`` (B, T, M) float32 and
-            ``attention_mask`` (B, T) int64.
+            ``attention_mask`` (B, T) int64; padded frames have code 0, features ``padding_value`` and mask 0.
+            Without padding and with ``return_tensors=None``: lists of per-clip (K, T_i), (T_i, M) and (T_i,) arrays.
         """
         if kwargs:
-            raise TypeError(f"Unexpected arguments for WhisperGPTProcessor: {sorted(kwargs)}")
+            raise TypeError(
+                f"Unexpected arguments for WhisperGPTProcessor: {sorted(kwargs)}; it takes audio, sampling_rate, "
+                "return_tensors, mel_source, mel_num_codebooks, padding, truncation, max_length and "
+                "return_attention_mask."
+            )
         if audio is None:
             raise ValueError("Pass the audio to encode: processor(audio=waveform, sampling_rate=rate).")
         if mel_source not in ("audio", "codec"):
             raise ValueError(f'mel_source must be "audio" or "codec", got {mel_source!r}.')
         clips = normalize_audio_batch(audio, sampling_rate, self.sampling_rate)
+        clips, padded_frames = fit_clip_lengths(
+            clips, padding, truncation, max_length, self.feature_extractor.hop_length
+        )
         codes = self.audio_tokenizer.encode_clips(clips)  # list of (K, T_i)
         if mel_source == "codec":
             clips = [
                 self.resynthesize(clip_codes, mel_num_codebooks, len(clip))
                 for clip_codes, clip in zip(codes, clips, strict=True)
             ]
-        features = self.feature_extractor.features_from_clips(clips, return_tensors="np")
-        batch_codes = np.zeros((len(clips), codes[0].shape[0], features["input_features"].shape[1]), np.int64)
-        for index, clip_codes in enumerate(codes):
-            batch_codes[index, :, : clip_codes.shape[-1]] = clip_codes.cpu().numpy()
-        data = {"input_ids": batch_codes, **features}
+        features = self.feature_extractor.features_from_clips(
+            clips, return_tensors, return_attention_mask, padded_frames
+        )
+        if padded_frames == LONGEST:
+            padded_frames = max(clip_codes.shape[-1] for clip_codes in codes)
+        codes = [clip_codes.cpu().numpy().astype(np.int64) for clip_codes in codes]
+        data = {"input_ids": stack_frames(codes, padded_frames, 0, 1, return_tensors), **features}
         return BatchFeature(data, tensor_type=return_tensors)
 
     def resynthesize(self, codes: torch.Tensor, num_codebooks: int | None, num_samples: int) -> np.ndarray:
@@ -172,9 +218,8 @@ class WhisperGPTProcessor(ProcessorMixin):
         files = super().save_pretrained(save_directory, **kwargs)
         self.audio_tokenizer.save_pretrained(os.path.join(save_directory, AUDIO_TOKENIZER_SUBFOLDER))
         # The audio-continuation pipeline needs the processor, so its code travels with it (see CUSTOM_PIPELINES).
-        pipeline_file = Path(__file__).with_name(PIPELINE_FILE)
-        if pipeline_file.exists():
-            shutil.copy(pipeline_file, Path(save_directory) / PIPELINE_FILE)
+        pipeline_file = Path(inspect.getsourcefile(AudioContinuationPipeline))
+        shutil.copy(pipeline_file, Path(save_directory) / pipeline_file.name)
         if push_to_hub:
             self.push_to_hub(kwargs.pop("repo_id", os.path.basename(os.path.abspath(save_directory))), **kwargs)
         return files
