@@ -96,13 +96,14 @@ class AudioContinuationPipeline(Pipeline):
 
     Batching and seeds: ``batch_size=N`` encodes and generates N inputs at a time. Greedy decoding gives each
     input the codes it gets alone (a codec mel source's frames for a padded batch agree with those alone to float
-    rounding, ~1e-6, so audio rendered from them, ``renderer="mel"``, does too). ``seed=S`` makes sampling reproducible per input: the input at position ``i`` of the
-    call (0 for a single input) samples exactly as ``model.generate`` on it alone with
-    ``generator=torch.Generator(model.device).manual_seed(S + i)``, whatever the batch size; a batch then
-    generates input by input, as one generator per prompt is what generate() takes. Without a seed a batch samples
-    all its rows together from the global RNG (`transformers.set_seed`), so the draws depend on the batch size.
-    ``generator=`` is shared by every input it serves, so it is refused in a batch (pass ``seed``); ``seed`` is
-    refused with ``generator`` and with greedy decoding (it would change nothing).
+    rounding, ~1e-6, so audio rendered from them with ``renderer="mel"`` does too). ``seed=S`` makes sampling
+    reproducible per input: the input at position ``i`` of the call (0 for a single input) samples exactly as
+    ``model.generate`` on it alone with ``generator=torch.Generator(model.device).manual_seed(S + i)``, whatever
+    the batch size; a seeded batch therefore generates input by input, since generate() takes one generator for
+    all its rows. Without a seed a batch samples all its rows together from the global RNG
+    (`transformers.set_seed`), so the draws depend on the batch size. ``generator=`` is shared by every input it
+    serves, so it is refused in a batch (pass ``seed``); ``seed`` is refused with ``generator`` and with greedy
+    decoding (it would change nothing).
 
     Reading a file path needs the ``soundfile`` package. ``sampling_rate`` (and the rate of a file or dict) must be
     a whole number of Hz from 1 kHz to 384 kHz (`check_sampling_rate`).
