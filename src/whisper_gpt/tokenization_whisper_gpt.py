@@ -158,6 +158,10 @@ class WhisperGPTAudioTokenizer:
     training-time code in ``whisper_gpt.training.codec_fitting``; this class only holds the setters it writes
     through.
 
+    Special tokens: every code value is audio, so ``bos_token_id``, ``eos_token_id`` and ``pad_token_id`` are
+    ``None`` (padding is carried by ``attention_mask``); ``Trainer(processing_class=processor)`` reads them and
+    leaves the model's configs as they are.
+
     Memory and exactness on long audio: the convolutions before the encoder's LSTM and after the decoder's
     LSTM run over chunks of at most ``max_seconds_per_pass`` with generous left context, which is exact
     because their receptive field is finite (a few frames). The LSTMs and the frame-rate layers around them
@@ -165,6 +169,10 @@ class WhisperGPTAudioTokenizer:
     their state is never cut. Chunked and whole-clip results are therefore the same computation; only
     floating-point summation order can differ between chunk shapes.
     """
+
+    bos_token_id: int | None = None
+    eos_token_id: int | None = None
+    pad_token_id: int | None = None
 
     def __init__(
         self,
