@@ -67,6 +67,12 @@ def test_run_all_quick_writes_json_and_markdown(tmp_path) -> None:
         entry = details["training"]["models"][model]
         assert entry["median_s"] > 0 and entry["frames_per_s"] > 0
         assert entry["memory"]["peak_delta_mb"] >= 0
+    compiled = details["training"]["compile"]["models"]["hybrid"]
+    assert compiled["speedup"]["compiled_model"]["wall"] > 0
+    assert compiled["max_loss_difference_vs_eager"] < 1e-3  # same weights, batch and steps: the same losses
+    split = compiled["eager_forward_backward_split"]
+    assert abs(sum(split.values()) - 1) < 0.01 and split["matmul"] > 0
+    assert details["training"]["compile"]["decision"]
     for label in ("5s", "10s", "20s"):
         duration = details["context"]["durations"][label]
         assert duration["models"]["flattened"]["positions"] == 8 * duration["models"]["hybrid"]["positions"]
@@ -79,3 +85,31 @@ def test_run_all_quick_writes_json_and_markdown(tmp_path) -> None:
     table = (tmp_path / "benchmarks.md").read_text()
     assert "| `generation.hybrid_k8_b1_rtf` |" in table
     assert machine["cpu_model"] in table
+
+
+def _compile_result(speedups: dict[str, float]) -> dict:
+    phases = {"forward": 0.2, "backward": 0.4, "optimizer": 0.1}
+    split = {"matmul": 0.5, "attention": 0.1, "elementwise_norms_and_other": 0.4}
+    return {
+        "models": {
+            name: {
+                "speedup": {"compiled_model": {"wall": value}, "compiled_model_and_optimizer": {"wall": value + 0.01}},
+                "phases_s": {"eager": phases, "compiled_model": phases},
+                "eager_forward_backward_split": split,
+                "compile_s": {"compiled_model": 45.0},
+            }
+            for name, value in speedups.items()
+        }
+    }
+
+
+def test_training_compile_decision_follows_the_measured_speedup() -> None:
+    from benchmarks.training import COMPILE_GAIN_NEEDED, _decision
+
+    fast = _decision(_compile_result({"hybrid": COMPILE_GAIN_NEEDED + 0.1, "token_only": COMPILE_GAIN_NEEDED + 0.2}))
+    assert "worth a --compile option" in fast
+    slow = _decision(_compile_result({"hybrid": 1.04, "token_only": COMPILE_GAIN_NEEDED + 0.2}))
+    assert slow.startswith("no --compile option")
+    # Why not, in the measured figures: the ratio, the best variant, the compile time and where the time goes.
+    for figure in ("hybrid: compiled_model 1.04x", "best variant 1.05x", "45 s of compile", "50% matmul"):
+        assert figure in slow
