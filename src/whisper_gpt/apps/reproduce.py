@@ -1,33 +1,44 @@
 """``whisper-gpt reproduce``: the paper's comparison (arXiv 2412.11449) on real speech and music, plus ablations.
 
-One command, one time budget (``--budget-minutes``):
+The study, for each of two codec regimes (`REGIMES`):
 
-1. builds (or reuses) a speech and a music corpus (`whisper_gpt.apps.corpus.build_corpus`; the minutes cap per domain is
-   derived from the budget), or takes folders of the user's own audio;
-2. calibrates ONE local EnCodec (8 codebooks, 6 kbps geometry) on training audio of both domains and encodes every
-   file once: codes, causal log-mel, and for the ablation domain the centered-STFT (leaky) mel and the mel of the
-   codec's resynthesis (``mel_source="codec"``);
-3. times a few optimizer steps of every model it will train (and one evaluation batch), then gives every run the
-   SAME number of optimizer steps, batch and crop length (so the same epochs), AdamW and warmup + cosine schedule,
-   choosing the step count so that the whole study fits in the budget on this machine;
-4. trains GPT-S and the hybrid with several seeds and GPT-L with one seed per domain, evaluates on the held-out
-   (validation) files at a few points during training and at the end, and runs the ablations on one domain;
-5. writes ``results.json``, ``results.md`` and validation-loss plots (``figures/``) into ``--docs-dir``.
+* ``random_kmeans``: the local EnCodec with its random (initialised) encoder and k-means codebooks
+  (``encoder_steps=0``): codes that quantise the signal, closest to EnCodec's role;
+* ``fitted_encoder``: the codec ``whisper-gpt train`` calibrates by default, whose encoder is first fitted to the
+  log-mel (`fit_encoder_to_mel`, ``TrainingConfig.calibration_encoder_steps`` steps): codes that are spectral
+  prototypes.
 
-The flattened baseline of the context-length ablation (``flat8``) is a token-only GPT-S whose vocabulary is the 8
-codebooks side by side (``codebook_size = 8 * 1024``): frame t's codes become 8 consecutive tokens
-``k * 1024 + code_k`` (k = 0..7), so the same seconds of audio make a sequence 8 times longer. Its NLL per codebook
-is computed over the 1024 logits of the codebook the next token belongs to (which is known from the position), so
-it is comparable with the hybrid K=8 model's per-codebook NLL; tokens of a window's first frame are not scored
-(the frame-level models cannot predict frame 0 of a window either).
+Each regime has ONE codec, calibrated on training audio of both domains (8 codebooks, 6 kbps geometry; the paper's
+models read codebook 0 only) and kept in ``OUTPUT_DIR/codecs/REGIME-ID/``. Its runs are grouped (`GROUPS`):
 
-Every run trains with the package's one loop, `whisper_gpt.training.loop.train`, on the encoded data held in
-memory, without checkpoints or final folder (its ``metrics.jsonl`` goes to ``OUTPUT_DIR/logs/DOMAIN-RUN-seedS/``):
-AdamW (`build_optimizer`: beta2 0.95, weight decay 0.1 on matrices only), linear warmup then cosine decay, gradient
-clipping at 1.0; the seed sets the initialisation and the data order, so the models of a comparison see the same
-batches. Validation is `evaluate_model`, the code of ``whisper-gpt evaluate``; the flattened baseline is wrapped as a
-frame model (`FlattenedCodebooks`) so that the loop and the evaluation treat it like the others. The step timings of
-point 3 are `seconds_per_step`: a few steps of the same loop.
+* ``headline``: token-only GPT-S and the hybrid on speech and music with every seed of ``seeds``, and GPT-L with
+  ``large_seeds``;
+* ``ablations`` (on ``ablation_domain``, the first seed): centred-STFT mel (which sees 352 future samples: what
+  leakage would fake), the mel of the codec's resynthesis, the mel gate, sum fusion, 0 mel blocks, 64 mel bins;
+  GPT-S and the hybrid of the headline (same seed) are their references;
+* ``codebooks`` (opt-in, costly): hybrid and GPT-S reading 8 codebooks (depth transformer) and the flattened
+  token-only baseline (8 tokens per frame), with the peak memory of a training step.
+
+Every run trains with the package's one loop (`whisper_gpt.training.loop.train`) for the same ``steps`` optimizer
+steps, batch, crop, AdamW and warmup + cosine schedule; the seed sets the initialisation and the data order, which
+the loop makes a function of (seed, epoch, example) only, so GPT-S, GPT-L and the hybrid of one seed see the same
+batches. Validation is `evaluate_model` (the code of ``whisper-gpt evaluate``) on held-out files at ``eval_points``
+evenly spaced steps, the last at the final step. For hybrid runs `mel_path_diagnostics` then measures whether the
+mel path is used: the gate, the NLL with the mel frames zeroed or taken from another clip, and the gradient norm of
+the fusion's mel part.
+
+Resumable: each run's result is written atomically to ``OUTPUT_DIR/runs/REGIME/DOMAIN-NAME-seedS-ID.json`` as soon
+as it finishes, where ID hashes every setting the result depends on (`run_settings`): a rerun skips stored runs,
+and a changed setting gives a new ID, so an old result is never reused for it. ``regimes``, ``domains``,
+``groups`` and ``models`` choose which runs of the study train now, so the study can be done in parts; every
+invocation first times each model with a few steps of the loop (`seconds_per_step`) and logs the estimated total,
+and ends by rendering ``DOCS_DIR/results.{json,md}`` and ``DOCS_DIR/figures/`` from all stored results of the
+study (`whisper_gpt.apps.reproduce_report`); runs not yet stored are listed as pending there.
+
+The flattened baseline (``flat8``) is a token-only GPT-S whose vocabulary is the 8 codebooks side by side
+(``codebook_size = 8 * 1024``): frame t's codes become 8 consecutive tokens ``k * 1024 + code_k`` (k = 0..7). Its
+NLL per codebook is computed over the 1024 logits of the codebook the next token belongs to, so it is comparable
+with the K=8 models' per-codebook NLL; tokens of a window's first frame are not scored.
 """
 
 from __future__ import annotations
@@ -44,6 +55,7 @@ import platform
 import shlex
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -53,6 +65,7 @@ import numpy as np
 import torch
 
 from ..configuration_whisper_gpt import PAPER_RESULTS
+from .cli import non_negative_int, positive_float, positive_int
 
 logger = logging.getLogger(__name__)
 
@@ -60,13 +73,17 @@ DOMAINS = ("speech", "music")
 MAIN_MODELS = ("gpt_s", "gpt_l", "hybrid")
 PRESET = {"gpt_s": "paper_gpt_s", "gpt_l": "paper_gpt_l", "hybrid": "paper_hybrid"}
 LABEL = {model: PAPER_RESULTS[preset]["model"] for model, preset in PRESET.items()}
-CODEC_CODEBOOKS = 8  # 6 kbps: what the K=8 ablations read; the paper's models read codebook 0 only
+REGIMES = ("random_kmeans", "fitted_encoder")
+GROUPS = ("headline", "ablations", "codebooks")
+CODEC_CODEBOOKS = 8  # 6 kbps: what the K=8 runs read; the paper's models read codebook 0 only
+CODEC_BANDWIDTH = 6.0
 EVAL_BATCH_SIZE = 8
+RESULT_FORMAT = 1  # bumped when a run's stored result changes meaning, so older results are not reused
 
 
 def paper_numbers(domain: str, model: str) -> dict[str, float]:
-    """What the paper reports for ``model`` (gpt_s / gpt_l / hybrid) on ``domain``, in the layout of
-    ``results.json``: ``params``, ``nll``, ``accuracy``, ``ppl`` (from `PAPER_RESULTS`)."""
+    """What the paper reports for ``model`` (gpt_s / gpt_l / hybrid) on ``domain``: ``params``, ``nll``,
+    ``accuracy``, ``ppl`` (from `PAPER_RESULTS`)."""
     reported = PAPER_RESULTS[PRESET[model]]
     numbers = reported[domain]
     return {
@@ -77,49 +94,88 @@ def paper_numbers(domain: str, model: str) -> dict[str, float]:
     }
 
 
+def _fitted_encoder_steps() -> int:
+    """`fit_encoder_to_mel` steps of the codec ``whisper-gpt train`` calibrates by default."""
+    from ..training.loop import TrainingConfig
+
+    return TrainingConfig.calibration_encoder_steps
+
+
 @dataclass
 class ReproductionConfig:
-    """Everything the study needs; the defaults are the committed run's settings."""
+    """The study's settings (what results depend on) and which of its runs to train now (``regimes``, ``domains``,
+    ``groups``, ``models``: these select, they do not change any run's result)."""
 
-    budget_minutes: float = 50.0
-    output_dir: str = "runs/reproduce"  # corpora (unless given), codec, encoded-data cache, per-run logs
+    output_dir: str = "runs/reproduce"  # corpora (unless given), codecs, encoded-data cache, run results and logs
     docs_dir: str = "docs"  # results.json, results.md, figures/
     speech_dir: str | None = None  # an existing corpus or audio folder; default OUTPUT_DIR/corpora/speech
     music_dir: str | None = None
-    corpus_minutes: float | None = None  # per domain; default derived from the budget
-    seeds: tuple[int, ...] = (0, 1)  # GPT-S and hybrid
+    corpus_minutes: float = 15.0  # per domain, for a corpus built here
+    seeds: tuple[int, ...] = (0, 1, 2)  # GPT-S and hybrid
     large_seeds: tuple[int, ...] = (0,)  # GPT-L
-    ablations: bool = True
-    ablation_domain: str = "music"
-    batch_size: int = 8
-    max_frames: int = 125  # training crop and evaluation window (frames at 75 / s)
+    ablation_domain: str = "speech"
+    steps: int = 400  # optimizer steps of every run
+    warmup_steps: int = 50
+    batch_size: int = 16
+    max_frames: int = 256  # training crop and evaluation window (frames at 75 / s)
     learning_rate: float = 1e-3
     weight_decay: float = 0.1
     adam_beta2: float = 0.95
-    warmup_fraction: float = 0.05
     max_grad_norm: float = 1.0
-    eval_points: int = 4  # validation evaluations per run (evenly spaced, the last at the final step)
-    validation_seconds: float = 90.0  # cap on held-out audio per domain (whole files, in manifest order)
-    min_steps: int = 2
-    max_steps: int | None = None  # force the step count (otherwise derived from the budget)
+    eval_points: int = 5  # validations per run (evenly spaced, the last at the final step)
+    validation_seconds: float = 100.0  # cap on held-out audio per domain (whole files, in manifest order)
     codebook_size: int = 1024
     num_mel_bins: int = 80
+    ablation_mel_bins: int = 64
     calibration_seconds: float = 240.0  # of training audio, split between the domains
     calibration_frames: int = 30_000
     calibration_iterations: int = 10
-    # docs/results.* were measured with a random (initialised) encoder: 0 reproduces them; 400 gives the codec the
-    # demo and `whisper-gpt train` use now (`fit_encoder_to_mel`).
-    calibration_encoder_steps: int = 0
+    fitted_encoder_steps: int = field(default_factory=_fitted_encoder_steps)  # the fitted_encoder regime's
+    diagnostic_batches: int = 4  # training batches the fusion's gradient norms are averaged over
     model_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)  # keys: "all" or a model name
-    torch_threads: int = 1
+    torch_threads: int | None = None  # None: the training loop's choice (`configure_torch`)
     timing_steps: int = 2
-    measure_memory: bool = True
+    measure_memory: bool = True  # peak memory of a training step, for the runs of the codebooks group
+    # Which runs train now (None: all).
+    regimes: tuple[str, ...] = REGIMES
+    domains: tuple[str, ...] = DOMAINS
+    groups: tuple[str, ...] = ("headline", "ablations")
+    models: tuple[str, ...] | None = None
     progress: bool = False
     command: str | None = None
 
 
+def check_config(config: ReproductionConfig) -> None:
+    """Refuse settings the study cannot run, naming the option to change."""
+    choices = {"regimes": REGIMES, "domains": DOMAINS, "groups": GROUPS, "models": MAIN_MODELS}
+    for name, allowed in choices.items():
+        values = getattr(config, name)
+        if values is None and name == "models":
+            continue
+        unknown = [value for value in values if value not in allowed]
+        if unknown or not values:
+            raise ValueError(f"{name} must be a non-empty selection of {', '.join(allowed)}; got {list(values)}.")
+    if config.ablation_domain not in DOMAINS:
+        raise ValueError(f"ablation_domain must be one of {DOMAINS}, got {config.ablation_domain!r}.")
+    if not config.seeds or not config.large_seeds:
+        raise ValueError("seeds and large_seeds need at least one seed each.")
+    if len(set(config.seeds)) != len(config.seeds) or len(set(config.large_seeds)) != len(config.large_seeds):
+        raise ValueError(f"seeds must not repeat: got {list(config.seeds)} and {list(config.large_seeds)}.")
+    if config.steps < 1:
+        raise ValueError(f"steps must be at least 1, got {config.steps}.")
+    if not 0 <= config.warmup_steps < config.steps:
+        raise ValueError(
+            f"warmup_steps ({config.warmup_steps}) must be below steps ({config.steps}): give --warmup-steps smaller "
+            "than --steps."
+        )
+    if not 1 <= config.eval_points <= config.steps:
+        raise ValueError(f"eval_points must be between 1 and steps ({config.steps}), got {config.eval_points}.")
+    if config.diagnostic_batches < 1:
+        raise ValueError(f"diagnostic_batches must be at least 1, got {config.diagnostic_batches}.")
+
+
 # ---------------------------------------------------------------------------------------------------------------
-# Corpora, codec and encoded data
+# Corpora, codecs and encoded data
 
 
 def _corpus_dirs(config: ReproductionConfig) -> dict[str, Path]:
@@ -130,103 +186,129 @@ def _corpus_dirs(config: ReproductionConfig) -> dict[str, Path]:
     }
 
 
-def corpus_minutes_for(budget_minutes: float) -> float:
-    """Minutes of audio per domain for a budget: enough for about an epoch or two of training, at most an hour."""
-    return float(min(60.0, max(2.0, budget_minutes / 3.0)))
-
-
 def _ensure_corpora(config: ReproductionConfig) -> dict[str, dict[str, Any]]:
-    """Reuse a folder that already holds audio (a built corpus or the user's folder); otherwise build one."""
+    """Both domains' corpora (a regime's codec is calibrated on both): a folder that already holds audio (a built
+    corpus or the user's folder) is used as it is; otherwise a corpus of ``corpus_minutes`` is built."""
     from .corpus import audio_files, build_corpus, load_manifest
 
     info = {}
     for domain, folder in _corpus_dirs(config).items():
-        started = time.perf_counter()
-        # A built corpus (its manifest) or a user's folder of audio is reused as it is; anything else is built.
         reuse = (folder / "manifest.jsonl").is_file() or (
             folder.is_dir() and not (folder / "cache").is_dir() and bool(audio_files(folder))
         )
-        if reuse:
-            built = False
-        else:
-            minutes = config.corpus_minutes or corpus_minutes_for(config.budget_minutes)
-            build_corpus(domain, folder, minutes=minutes, progress=config.progress)
-            built = True
+        if not reuse:
+            build_corpus(domain, folder, minutes=config.corpus_minutes, progress=config.progress)
         rows = load_manifest(folder)
         sources: dict[str, float] = {}
         for row in rows:
-            sources[row.get("source", "user")] = round(sources.get(row.get("source", "user"), 0.0) + row["duration"], 3)
+            source = row.get("source", "user")
+            sources[source] = round(sources.get(source, 0.0) + row["duration"], 3)
         info[domain] = {
             "dir": str(folder),
-            "built_now": built,
             "files": {s: sum(r["split"] == s for r in rows) for s in ("train", "validation")},
             "seconds": {
                 s: round(sum(r["duration"] for r in rows if r["split"] == s), 2) for s in ("train", "validation")
             },
             "seconds_by_source": sources,
-            "wall_seconds": round(time.perf_counter() - started, 1),
         }
     return info
 
 
-def _calibration_files(dirs: dict[str, Path], seconds: float) -> list[Path]:
-    """Training files of both domains, about ``seconds`` in all, half per domain, in a seeded order."""
+def _calibration_files(dirs: dict[str, Path], seconds: float) -> list[tuple[Path, str]]:
+    """Training files of both domains, about ``seconds`` in all, half per domain, in a seeded order: (corpus folder,
+    path relative to it)."""
     from .corpus import load_manifest
 
-    chosen: list[Path] = []
+    chosen: list[tuple[Path, str]] = []
     for folder in dirs.values():
         rows = [row for row in load_manifest(folder) if row["split"] == "train"]
         total = 0.0
         for index in np.random.default_rng(0).permutation(len(rows)):
             if total >= seconds / len(dirs):
                 break
-            chosen.append(folder / rows[index]["path"])
+            chosen.append((folder, rows[index]["path"]))
             total += rows[index]["duration"]
     return chosen
 
 
-def _processor(config: ReproductionConfig, dirs: dict[str, Path]) -> tuple[Any, dict[str, Any]]:
-    """One codec for everything: reuse OUTPUT_DIR/processor or calibrate it on training audio of both domains."""
+def _files_identity(root: Path, files: list[Path]) -> str:
+    """A hash of files' paths relative to ``root`` and their sizes: the same corpus gives the same identity
+    wherever it lies; rebuilt or changed files give another."""
+    digest = hashlib.sha256()
+    for file in files:
+        digest.update(f"{Path(file).relative_to(root).as_posix()}\0{Path(file).stat().st_size}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def _digest(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def codec_settings(config: ReproductionConfig, regime: str, dirs: dict[str, Path]) -> dict[str, Any]:
+    """Everything a regime's codec depends on (its ID is a hash of this)."""
+    files = _calibration_files(dirs, config.calibration_seconds)
+    digest = hashlib.sha256()
+    for folder, relative in files:
+        digest.update(f"{relative}\0{(folder / relative).stat().st_size}\n".encode())
+    return {
+        "regime": regime,
+        "encoder_steps": config.fitted_encoder_steps if regime == "fitted_encoder" else 0,
+        "codebook_size": config.codebook_size,
+        "num_mel_bins": config.num_mel_bins,
+        "bandwidth_kbps": CODEC_BANDWIDTH,
+        "calibration_seconds": config.calibration_seconds,
+        "calibration_frames": config.calibration_frames,
+        "calibration_iterations": config.calibration_iterations,
+        "calibration_files": len(files),
+        "calibration_audio": digest.hexdigest()[:16],
+        "seed": 0,
+    }
+
+
+def _codec(config: ReproductionConfig, settings: dict[str, Any], dirs: dict[str, Path]) -> tuple[Any, dict]:
+    """The regime's processor: reused from OUTPUT_DIR/codecs/REGIME-ID, else calibrated there (written aside and
+    renamed, so a kill leaves a complete codec or none)."""
+    import shutil
+
     from ..processing_whisper_gpt import WhisperGPTProcessor
     from ..training.data import build_processor
 
-    target = Path(config.output_dir) / "processor"
-    stats_file = target / "calibration.json"
-    if (target / "audio_tokenizer").is_dir() and stats_file.is_file():
-        stats = json.loads(stats_file.read_text())
-        stats["reused"] = True
-        return WhisperGPTProcessor.from_pretrained(str(target)), stats
+    target = Path(config.output_dir) / "codecs" / f"{settings['regime']}-{_digest(settings)[:10]}"
+    record = target / "calibration.json"
+    if record.is_file():
+        return WhisperGPTProcessor.from_pretrained(str(target)), json.loads(record.read_text())
     started = time.perf_counter()
-    files = _calibration_files(dirs, config.calibration_seconds)
+    files = [folder / relative for folder, relative in _calibration_files(dirs, config.calibration_seconds)]
     processor, stats = build_processor(
         files,
         num_mel_bins=config.num_mel_bins,
         codebook_size=config.codebook_size,
-        bandwidth=6.0,
+        bandwidth=CODEC_BANDWIDTH,
         max_frames=config.calibration_frames,
         iterations=config.calibration_iterations,
-        encoder_steps=config.calibration_encoder_steps,
-        seed=0,
+        encoder_steps=settings["encoder_steps"],
+        seed=settings["seed"],
+        progress=config.progress,
     )
-    stats = {
-        "frames": stats.get("frames"),
-        "calibration_files": len(files),
-        "calibration_seconds_of_audio": round(sum(_duration(f) for f in files), 1),
+    tokenizer = processor.audio_tokenizer
+    summary = {
+        "settings": settings,
         "wall_seconds": round(time.perf_counter() - started, 1),
+        "frames": stats.get("frames"),
         "entropy_bits": stats.get("entropy_bits"),
         "codes_used": stats.get("codes_used"),
         "residual_energy": stats.get("residual_energy"),
+        "sampling_rate": tokenizer.sampling_rate,
+        "frame_rate": tokenizer.sampling_rate / tokenizer.hop_length,
+        "num_codebooks": tokenizer.num_codebooks,
+        "codebook_size": tokenizer.codebook_size,
     }
-    processor.save_pretrained(str(target))
-    stats_file.write_text(json.dumps(stats, indent=2) + "\n")
-    stats["reused"] = False
-    return processor, stats
-
-
-def _duration(path: Path) -> float:
-    import soundfile as sf
-
-    return float(sf.info(str(path)).duration)
+    partial = target.with_name(f".{target.name}.partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    processor.save_pretrained(str(partial))
+    (partial / "calibration.json").write_text(json.dumps(_jsonable(summary), indent=2) + "\n")
+    os.replace(partial, target)
+    return processor, summary
 
 
 def _validation_subset(folder: Path, seconds: float) -> list[Path]:
@@ -244,75 +326,83 @@ def _validation_subset(folder: Path, seconds: float) -> list[Path]:
     return chosen
 
 
-def _encode(processor: Any, files: list[Path], variants: tuple[str, ...], cache: Path) -> dict[str, Any]:
-    """Codes (T, 8) and the requested mel variants (T, M) of every file, cached in one .npz per file list."""
-    from ..feature_extraction_whisper_gpt import WhisperGPTFeatureExtractor, normalize_audio_batch
+def _mel_extractor(processor: Any, mel: str, bins: int) -> Any:
+    """The feature extractor of a mel variant: causal or centred framing, ``bins`` mel bins, the codec's geometry."""
+    from ..feature_extraction_whisper_gpt import WhisperGPTFeatureExtractor
+
+    base = processor.feature_extractor
+    return WhisperGPTFeatureExtractor(
+        feature_size=bins,
+        sampling_rate=base.sampling_rate,
+        hop_length=base.hop_length,
+        n_fft=base.n_fft,
+        framing="centered" if mel == "centered" else "causal",
+    )
+
+
+def _encode(processor: Any, files: list[Path], variants: list[tuple[str, int]], cache: Path) -> dict[str, Any]:
+    """Codes (T, 8) of every file and its mel frames (T, M) for each variant (mel, bins), cached as .npz files
+    (codes once, one file per variant). Returns ``lengths``, ``codes`` and each variant's list of frames."""
     from ..training.data import load_audio, processor_fingerprint
 
     digest = hashlib.sha256(processor_fingerprint(processor).encode())
     for file in files:
         stat = file.stat()
         digest.update(f"{file.resolve()}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
-    digest.update(",".join(variants).encode())
-    target = cache / f"encoded-{digest.hexdigest()[:20]}.npz"
-    if target.is_file():
-        with np.load(target) as data:
-            return _unpack(dict(data), variants)
-    causal = processor.feature_extractor
-    centered = WhisperGPTFeatureExtractor(
-        feature_size=causal.feature_size,
-        sampling_rate=causal.sampling_rate,
-        hop_length=causal.hop_length,
-        n_fft=causal.n_fft,
-        framing="centered",
-    )
-    arrays: dict[str, list[np.ndarray]] = {"codes": [], **{v: [] for v in variants}}
-    for file in files:
-        audio, rate = load_audio(file)
-        inputs = processor(audio=audio, sampling_rate=rate, return_tensors="np")
-        arrays["codes"].append(inputs["input_ids"][0].T.astype(np.uint16))
-        if "causal" in variants:
-            arrays["causal"].append(inputs["input_features"][0].astype(np.float16))
-        if "centered" in variants:
-            clip = normalize_audio_batch(audio, rate, processor.sampling_rate)
-            arrays["centered"].append(centered.features_from_clips(clip, return_tensors="np")["input_features"][0])
-        if "codec" in variants:
-            codec = processor(
-                audio=audio, sampling_rate=rate, return_tensors="np", mel_source="codec", mel_num_codebooks=1
-            )
-            arrays["codec"].append(codec["input_features"][0].astype(np.float16))
-    lengths = np.array([c.shape[0] for c in arrays["codes"]], dtype=np.int64)
-    packed = {"lengths": lengths, **{k: np.concatenate(v).astype(v[0].dtype) for k, v in arrays.items()}}
-    packed = {k: (v.astype(np.float16) if k in variants else v) for k, v in packed.items()}
-    cache.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(target.stem + ".partial.npz")
-    np.savez(partial, **packed)
-    os.replace(partial, target)
-    return _unpack(packed, variants)
+    base = digest.hexdigest()[:20]
+    targets = {"codes": cache / f"codes-{base}.npz"} | {v: cache / f"mel-{base}-{v[0]}{v[1]}.npz" for v in variants}
+    missing = [name for name, path in targets.items() if not path.is_file()]
+    if missing:
+        default = ("causal", processor.feature_extractor.feature_size)
+        extractors = {v: _mel_extractor(processor, *v) for v in missing if v not in ("codes", default)}
+        arrays: dict[Any, list[np.ndarray]] = {name: [] for name in missing}
+        for file in files:
+            audio, rate = load_audio(file)
+            inputs = processor(audio=audio, sampling_rate=rate, return_tensors="np")
+            frames = inputs["input_ids"].shape[-1]
+            for name in missing:
+                if name == "codes":
+                    values = inputs["input_ids"][0].T.astype(np.uint16)
+                elif name == default:
+                    values = inputs["input_features"][0]
+                elif name[0] == "codec":
+                    values = processor(
+                        audio=audio, sampling_rate=rate, return_tensors="np", mel_source="codec", mel_num_codebooks=1
+                    )["input_features"][0]
+                else:
+                    values = extractors[name](audio, sampling_rate=rate, return_tensors="np")["input_features"][0]
+                if values.shape[0] != frames:
+                    raise RuntimeError(f"{file}: {name} gives {values.shape[0]} frames, the codes {frames}")
+                arrays[name].append(values if name == "codes" else values.astype(np.float16))
+        cache.mkdir(parents=True, exist_ok=True)
+        for name in missing:
+            lengths = np.array([a.shape[0] for a in arrays[name]], dtype=np.int64)
+            partial = targets[name].with_name(targets[name].stem + ".partial.npz")
+            np.savez(partial, lengths=lengths, values=np.concatenate(arrays[name]))
+            os.replace(partial, targets[name])
+    out: dict[Any, Any] = {}
+    for name, path in targets.items():
+        with np.load(path) as data:
+            lengths, values = data["lengths"], data["values"]
+        bounds = np.concatenate([[0], np.cumsum(lengths)])
+        out[name] = [values[a:b] for a, b in itertools.pairwise(bounds)]
+        out["lengths"] = lengths
+    return out
 
 
-def _unpack(packed: dict[str, np.ndarray], variants: tuple[str, ...]) -> dict[str, Any]:
-    bounds = np.concatenate([[0], np.cumsum(packed["lengths"])])
-    split = {k: [packed[k][a:b] for a, b in itertools.pairwise(bounds)] for k in ("codes", *variants)}
-    return {"lengths": packed["lengths"], **split}
-
-
-def _dataset(encoded: dict[str, Any], variant: str) -> Any:
-    """A `datasets.Dataset` in the layout of `whisper_gpt.training.data.prepare_dataset` with the chosen mel variant."""
+def _dataset(codes: list[np.ndarray], mels: list[np.ndarray]) -> Any:
+    """A `datasets.Dataset` in the layout of `whisper_gpt.training.data.prepare_dataset`."""
     import datasets
 
-    num_codebooks = encoded["codes"][0].shape[1]
-    mel_bins = encoded[variant][0].shape[1]
     features = datasets.Features(
         {
-            "codes": datasets.Array2D(shape=(None, num_codebooks), dtype="uint16"),
-            "input_features": datasets.Array2D(shape=(None, mel_bins), dtype="float16"),
+            "codes": datasets.Array2D(shape=(None, codes[0].shape[1]), dtype="uint16"),
+            "input_features": datasets.Array2D(shape=(None, mels[0].shape[1]), dtype="float16"),
             "num_frames": datasets.Value("int32"),
         }
     )
     return datasets.Dataset.from_dict(
-        {"codes": encoded["codes"], "input_features": encoded[variant], "num_frames": encoded["lengths"].tolist()},
-        features=features,
+        {"codes": codes, "input_features": mels, "num_frames": [len(c) for c in codes]}, features=features
     )
 
 
@@ -329,10 +419,52 @@ class RunSpec:
     overrides: dict[str, Any] = field(default_factory=dict)
     mel: str = "causal"  # causal / centered / codec
     flat: bool = False  # the flattened 8-codebook token-only baseline
+    groups: tuple[str, ...] = ("headline",)  # the groups (`GROUPS`) whose tables use this run
 
     @property
     def key(self) -> str:
         return f"{self.domain}/{self.name}/seed{self.seed}"
+
+
+def plan_runs(config: ReproductionConfig) -> list[RunSpec]:
+    """Every run of one regime's study (the same for each regime), each once: the headline's GPT-S and hybrid of
+    the ablation domain's first seed are also the references of the ablation and codebook groups."""
+    seed, d = config.seeds[0], config.ablation_domain
+    runs = []
+    for domain in DOMAINS:
+        for model in MAIN_MODELS:
+            for s in config.large_seeds if model == "gpt_l" else config.seeds:
+                reference = domain == d and s == seed and model != "gpt_l"
+                runs.append(RunSpec(model, domain, model, s, groups=GROUPS if reference else ("headline",)))
+    ablation = ("ablations",)
+    runs += [
+        RunSpec("hybrid_centered_mel", d, "hybrid", seed, mel="centered", groups=ablation),
+        RunSpec("hybrid_codec_mel", d, "hybrid", seed, mel="codec", groups=ablation),
+        RunSpec("hybrid_mel_gate", d, "hybrid", seed, {"mel_gate": True}, groups=ablation),
+        RunSpec("hybrid_sum_fusion", d, "hybrid", seed, {"fusion": "sum"}, groups=ablation),
+        RunSpec("hybrid_spectrogram_layers_0", d, "hybrid", seed, {"spectrogram_layers": 0}, groups=ablation),
+        RunSpec(
+            f"hybrid_mel_bins_{config.ablation_mel_bins}",
+            d,
+            "hybrid",
+            seed,
+            {"num_mel_bins": config.ablation_mel_bins},
+            groups=ablation,
+        ),
+        RunSpec("hybrid_k8", d, "hybrid", seed, {"num_codebooks": CODEC_CODEBOOKS}, groups=("codebooks",)),
+        RunSpec("gpt_s_k8", d, "gpt_s", seed, {"num_codebooks": CODEC_CODEBOOKS}, groups=("codebooks",)),
+        RunSpec("flat8_gpt_s", d, "gpt_s", seed, flat=True, groups=("codebooks",)),
+    ]
+    return runs
+
+
+def selected(spec: RunSpec, config: ReproductionConfig) -> bool:
+    """Whether ``spec`` trains in this invocation (its regime is selected separately)."""
+    return (
+        spec.domain in config.domains
+        and any(group in config.groups for group in spec.groups)
+        and (config.models is None or spec.model in config.models)
+    )
 
 
 def _overrides(spec: RunSpec, config: ReproductionConfig) -> dict[str, Any]:
@@ -347,21 +479,19 @@ def _overrides(spec: RunSpec, config: ReproductionConfig) -> dict[str, Any]:
     }
 
 
+def _mel_variant(spec: RunSpec, config: ReproductionConfig) -> tuple[str, int]:
+    """(framing or source, bins) of the mel frames the run's data holds."""
+    return spec.mel, _overrides(spec, config)["num_mel_bins"]
+
+
 def _model(spec: RunSpec, config: ReproductionConfig) -> torch.nn.Module:
-    """A fresh model of ``spec``: its preset with the overrides, or the flattened baseline."""
+    """A fresh model of ``spec`` (initialised from torch's global RNG): its preset with the overrides, or the
+    flattened baseline."""
     from ..modeling_whisper_gpt import WhisperGPTForCausalLM
     from ..training.loop import model_config
 
-    if spec.flat:
-        return _flattened_model(spec, config)
-    return WhisperGPTForCausalLM(model_config(PRESET[spec.model], _overrides(spec, config)))
-
-
-def _flattened_model(spec: RunSpec, config: ReproductionConfig) -> FlattenedCodebooks:
-    """A fresh flattened baseline: a token-only LM over 8 codebooks side by side, ``8 * max_frames`` tokens."""
-    from ..modeling_whisper_gpt import WhisperGPTForCausalLM
-    from ..training.loop import model_config
-
+    if not spec.flat:
+        return WhisperGPTForCausalLM(model_config(PRESET[spec.model], _overrides(spec, config)))
     overrides = _overrides(spec, config)
     overrides.update(
         codebook_size=CODEC_CODEBOOKS * overrides["codebook_size"],
@@ -370,6 +500,15 @@ def _flattened_model(spec: RunSpec, config: ReproductionConfig) -> FlattenedCode
         use_spectrogram=False,
     )
     return FlattenedCodebooks(WhisperGPTForCausalLM(model_config(PRESET[spec.model], overrides)), config.max_frames)
+
+
+def _seeded_model(spec: RunSpec, config: ReproductionConfig) -> torch.nn.Module:
+    """The model a run trains: built right after ``set_seed(seed)``, as `train` builds a preset's model, so its
+    initialisation depends on the seed alone."""
+    from accelerate.utils import set_seed
+
+    set_seed(spec.seed)
+    return _model(spec, config)
 
 
 def _flatten_batch(batch: dict[str, torch.Tensor], codebook_size: int) -> dict[str, torch.Tensor]:
@@ -444,24 +583,29 @@ class FlattenedCodebooks(torch.nn.Module):
         return WhisperGPTCausalLMOutput(logits=padded[:, position, book])  # (B, 8, L, V)
 
 
-def _training_config(spec: RunSpec, config: ReproductionConfig, steps: int, output_dir: Path) -> Any:
-    """The run's `TrainingConfig`: the same steps, batch, crop, optimizer and schedule for every run; data order and
-    initialisation from the seed; validation ``eval_points`` times; no checkpoints or final folder."""
+def _eval_every(config: ReproductionConfig) -> int:
+    return math.ceil(config.steps / config.eval_points)
+
+
+def _training_config(spec: RunSpec, config: ReproductionConfig, output_dir: Path) -> Any:
+    """The run's `TrainingConfig`: the same steps, batch, crop, optimizer and schedule for every run; data order
+    from the seed; validation ``eval_points`` times; no checkpoints or final folder. The model is given to `train`
+    (`_seeded_model`), so the config names no preset; a run killed before its result was stored starts over."""
     from ..training.loop import TrainingConfig
 
     return TrainingConfig(
         output_dir=str(output_dir),
-        preset="custom" if spec.flat else PRESET[spec.model],
-        model_overrides={} if spec.flat else _overrides(spec, config),
+        preset="custom",
+        model_overrides={},
         max_frames=config.max_frames,
         batch_size=config.batch_size,
         learning_rate=config.learning_rate,
         weight_decay=config.weight_decay,
         adam_beta2=config.adam_beta2,
-        warmup_steps=max(1, round(config.warmup_fraction * steps)) if steps > 1 else 0,
-        max_steps=steps,
+        warmup_steps=config.warmup_steps,
+        max_steps=config.steps,
         max_grad_norm=config.max_grad_norm,
-        eval_every=math.ceil(steps / config.eval_points),
+        eval_every=_eval_every(config),
         eval_batch_size=EVAL_BATCH_SIZE,
         eval_window=config.max_frames,
         save_every=0,
@@ -469,35 +613,81 @@ def _training_config(spec: RunSpec, config: ReproductionConfig, steps: int, outp
         log_every=1,
         report_to="none",
         seed=spec.seed,
+        overwrite_output_dir=True,
         torch_threads=config.torch_threads,
         progress=config.progress,
     )
 
 
-def _fresh_model(spec: RunSpec, config: ReproductionConfig) -> torch.nn.Module | None:
-    """The model `train` is given: the flattened baseline (initialised from the seed); None for the frame models,
-    which `train` builds from their preset."""
-    if not spec.flat:
+def run_settings(
+    spec: RunSpec, config: ReproductionConfig, codec: dict[str, Any], data: dict[str, str]
+) -> dict[str, Any]:
+    """Everything a run's result depends on: its ID (and stored file name) is a hash of this, so a changed setting
+    is a different run. ``codec`` is `codec_settings`; ``data`` the identities of the domain's training and
+    held-out files."""
+    mel, bins = _mel_variant(spec, config)
+    return {
+        "format": RESULT_FORMAT,
+        "regime": codec["regime"],
+        "codec": codec,
+        "domain": spec.domain,
+        "data": data,
+        "validation_seconds": config.validation_seconds,
+        "name": spec.name,
+        "model": {"preset": PRESET[spec.model], "overrides": _overrides(spec, config), "flat": spec.flat},
+        "mel": {"source": mel, "bins": bins},
+        "seed": spec.seed,
+        "training": {
+            "steps": config.steps,
+            "warmup_steps": config.warmup_steps,
+            "batch_size": config.batch_size,
+            "crop_frames": config.max_frames,
+            "learning_rate": config.learning_rate,
+            "weight_decay": config.weight_decay,
+            "adam_beta2": config.adam_beta2,
+            "max_grad_norm": config.max_grad_norm,
+            "eval_every": _eval_every(config),
+            "eval_window": config.max_frames,
+        },
+        "diagnostic_batches": config.diagnostic_batches,
+    }
+
+
+def run_path(output_dir: str | os.PathLike, settings: dict[str, Any]) -> Path:
+    """Where a run's result is stored: OUTPUT_DIR/runs/REGIME/DOMAIN-NAME-seedS-ID.json."""
+    name = f"{settings['domain']}-{settings['name']}-seed{settings['seed']}-{_digest(settings)[:10]}.json"
+    return Path(output_dir) / "runs" / settings["regime"] / name
+
+
+def load_result(path: Path, settings: dict[str, Any]) -> dict[str, Any] | None:
+    """The stored result at ``path`` if it is one of the run ``settings`` describes (None otherwise)."""
+    if not path.is_file():
         return None
-    torch.manual_seed(spec.seed)
-    return _flattened_model(spec, config)
+    try:
+        result = json.loads(path.read_text())
+    except ValueError:
+        logger.warning("%s is not readable JSON; the run trains again", path)
+        return None
+    if result.get("settings") != json.loads(json.dumps(settings, default=str)):
+        logger.warning("%s holds another run's settings; the run trains again", path)
+        return None
+    return result
 
 
-def _evaluation_seconds_per_batch(spec: RunSpec, config: ReproductionConfig, validation_set: Any) -> float:
-    """Seconds of one `evaluate_model` batch of a fresh model of ``spec`` on the first held-out files."""
-    from ..training.evaluation import evaluate_model
+def _write_json_atomically(path: Path, value: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text(json.dumps(_jsonable(value), indent=1) + "\n")
+    os.replace(partial, path)
 
-    model = _model(spec, config)
-    files, windows = 0, 0
-    for frames in validation_set["num_frames"]:
-        files += 1
-        windows += math.ceil(frames / config.max_frames)
-        if windows >= EVAL_BATCH_SIZE:
-            break
-    subset = validation_set.select(range(files))
-    started = time.perf_counter()
-    evaluate_model(model, subset, window=config.max_frames, batch_size=EVAL_BATCH_SIZE, progress=False)
-    return (time.perf_counter() - started) / math.ceil(windows / EVAL_BATCH_SIZE)
+
+def _processor_for(processor: Any, bins: int) -> Any:
+    """``processor`` with a feature extractor of ``bins`` mel bins (the same codec), for the mel-bins ablation."""
+    from ..processing_whisper_gpt import WhisperGPTProcessor
+
+    if bins == processor.feature_extractor.feature_size:
+        return processor
+    return WhisperGPTProcessor(_mel_extractor(processor, "causal", bins), processor.audio_tokenizer)
 
 
 def _train_run(
@@ -505,18 +695,21 @@ def _train_run(
     config: ReproductionConfig,
     processor: Any,
     train_set: Any,
-    validation_set: Any,
-    steps: int,
+    encoded_validation: dict[str, Any],
     log_dir: Path,
 ) -> dict[str, Any]:
-    """Train and evaluate one run with `whisper_gpt.training.loop.train`; its numbers for the report."""
-    from ..training.loop import model_config, train
+    """Train and evaluate one run with `whisper_gpt.training.loop.train`; its result (metrics, validation curve,
+    NLL by context, timing; mel-path diagnostics for a hybrid)."""
+    from ..training.loop import train
 
-    output_dir = log_dir / f"{spec.domain}-{spec.name}-seed{spec.seed}"
+    started = time.perf_counter()
+    variant = _mel_variant(spec, config)
+    validation_set = _dataset(encoded_validation["codes"], encoded_validation[variant])
+    model = _seeded_model(spec, config)
     summary = train(
-        _training_config(spec, config, steps, output_dir),
-        model=_fresh_model(spec, config),
-        processor=processor,
+        _training_config(spec, config, log_dir),
+        model=model,
+        processor=_processor_for(processor, variant[1]),
         train_dataset=train_set,
         validation_dataset=validation_set,
     )
@@ -535,33 +728,119 @@ def _train_run(
             }
         )
         previous = step
-        logger.info("%s step %d/%d: validation codebook-0 NLL %.4f", spec.key, step, steps, first["nll"])
     metrics = summary["validation"]
     first = metrics["codebook_0"]
     num_codebooks = len(metrics["per_codebook"])
-    reads_mel = not spec.flat and model_config(PRESET[spec.model], _overrides(spec, config)).use_spectrogram
     frames_per_second = summary["train_frames_per_second"]
+    diagnostics = None
+    if getattr(model.config, "use_spectrogram", False) and not spec.flat:
+        diagnostics = mel_path_diagnostics(
+            model, encoded_validation["codes"], encoded_validation[variant], train_set, config, spec.seed, first["nll"]
+        )
     return {
         "name": spec.name,
         "domain": spec.domain,
         "model": spec.model,
         "seed": spec.seed,
+        "groups": list(spec.groups),
+        "mel": spec.mel if model.config.trains_on_mel_frames else None,
         "params": int(summary["num_parameters"]),
         "nll": float(first["nll"]),
         "accuracy": float(first["accuracy"]),
         "ppl": float(math.exp(first["nll"])),
         "nll_all_codebooks": float(metrics["nll"]),
         "per_codebook_nll": [float(entry["nll"]) for entry in metrics["per_codebook"]],
+        "num_codebooks": num_codebooks,
         "validation_tokens": int(first["tokens"]),
+        "validation_windows": int(metrics["windows"]),
+        "nll_by_context": metrics["nll_by_context"],
+        "tokens_by_context": metrics["tokens_by_context"],
         "steps": summary["steps"],
         "epochs": summary["epochs"],
         "train_seconds": round(summary["train_seconds"], 2),
         "eval_seconds": round(summary["evaluation_seconds"], 2),
+        "wall_seconds": round(time.perf_counter() - started, 2),
         "train_frames_per_second": frames_per_second,
         "train_tokens_per_second": frames_per_second * num_codebooks if frames_per_second else None,
-        "num_codebooks": num_codebooks,
-        "mel": spec.mel if reads_mel else None,
+        "threads": summary["threads_per_process"],
         "history": history,
+        "diagnostics": diagnostics,
+    }
+
+
+def _fit_length(frames: np.ndarray, length: int) -> np.ndarray:
+    """``frames`` (T', M) repeated or cut to ``length`` frames."""
+    return frames[np.arange(length) % len(frames)]
+
+
+def mel_path_diagnostics(
+    model: torch.nn.Module,
+    codes: list[np.ndarray],
+    mels: list[np.ndarray],
+    train_set: Any,
+    config: ReproductionConfig,
+    seed: int,
+    nll: float,
+) -> dict[str, Any]:
+    """Is a trained hybrid's mel path used? Measured on the held-out files (``codes`` and their ``mels``, (T, M) per
+    file) and a few training batches.
+
+    Returns ``mel_gate`` (tanh of the gate; None for an ungated model); ``nll_zero_mel`` and ``nll_shuffled_mel``:
+    codebook-0 NLL with every mel frame set to 0, and with each file's mel frames taken from the next file's
+    (repeated or cut to its length; None with a single held-out file), with their increase over ``nll``;
+    ``mel_part_grad_norm`` / ``token_part_grad_norm``: the mean norm, over ``diagnostic_batches`` training batches
+    of the seed's first epoch, of the loss gradient of the fusion weight's columns that read the mel stream / the
+    token embedding (sum fusion: the whole weight reads the mel stream, no token part), with those columns' weight
+    norms; ``gate_grad``: the mean gradient of the gate (None without one).
+    """
+    from ..training.data import EpochShuffleSampler, TrainingCrops, WhisperGPTDataCollator
+    from ..training.evaluation import evaluate_model
+
+    def codebook0_nll(frames: list[np.ndarray]) -> float:
+        metrics = evaluate_model(
+            model, _dataset(codes, frames), window=config.max_frames, batch_size=EVAL_BATCH_SIZE, progress=False
+        )
+        return float(metrics["codebook_0"]["nll"])
+
+    fusion = model.model.fusion
+    zero = codebook0_nll([np.zeros_like(m) for m in mels])
+    shuffled = None
+    if len(mels) > 1:
+        shuffled = codebook0_nll([_fit_length(mels[(i + 1) % len(mels)], len(m)) for i, m in enumerate(mels)])
+
+    hidden = model.config.hidden_size
+    concat = fusion.mode == "concat"
+    crops = TrainingCrops(train_set, config.max_frames)
+    collate = WhisperGPTDataCollator(max_frames=config.max_frames, random_crop=True, seed=seed)
+    order = list(EpochShuffleSampler(len(crops), seed=seed))
+    batches = min(config.diagnostic_batches, len(order) // config.batch_size)
+    mel_norms, token_norms, gate_grads = [], [], []
+    model.train()
+    for index in range(batches):
+        batch = collate([crops[key] for key in order[index * config.batch_size : (index + 1) * config.batch_size]])
+        model.zero_grad(set_to_none=True)
+        model(**batch, use_cache=False).loss.backward()
+        grad = fusion.weight.grad
+        mel_norms.append(float(grad[:, hidden:].norm() if concat else grad.norm()))
+        if concat:
+            token_norms.append(float(grad[:, :hidden].norm()))
+        if fusion.mel_gate is not None:
+            gate_grads.append(float(fusion.mel_gate.grad))
+    model.zero_grad(set_to_none=True)
+    model.eval()
+    weight = fusion.weight.detach()
+    return {
+        "mel_gate": float(torch.tanh(fusion.mel_gate.detach())) if fusion.mel_gate is not None else None,
+        "nll_zero_mel": zero,
+        "nll_zero_mel_increase": zero - nll,
+        "nll_shuffled_mel": shuffled,
+        "nll_shuffled_mel_increase": None if shuffled is None else shuffled - nll,
+        "gradient_batches": batches,
+        "mel_part_grad_norm": float(np.mean(mel_norms)),
+        "token_part_grad_norm": float(np.mean(token_norms)) if token_norms else None,
+        "mel_part_weight_norm": float(weight[:, hidden:].norm() if concat else weight.norm()),
+        "token_part_weight_norm": float(weight[:, :hidden].norm()) if concat else None,
+        "gate_grad": float(np.mean(gate_grads)) if gate_grads else None,
     }
 
 
@@ -610,7 +889,8 @@ def _reset_peak_rss() -> None:
 
 
 def _measure_memory(spec: RunSpec, config: ReproductionConfig) -> dict[str, float] | None:
-    payload = json.dumps({"config": _jsonable(asdict(config)), "spec": asdict(spec)})
+    """Peak memory of a training step of ``spec``, in a fresh process (None, with a warning, if the probe fails)."""
+    payload = json.dumps({"config": _jsonable(asdict(config)), "spec": _jsonable(asdict(spec))})
     code = f"from whisper_gpt.apps.reproduce import _memory_probe; _memory_probe({payload!r})"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
@@ -618,30 +898,6 @@ def _measure_memory(spec: RunSpec, config: ReproductionConfig) -> dict[str, floa
         logger.warning("memory probe failed: %s", result.stderr[-500:])
         return None
     return json.loads(result.stdout.strip().splitlines()[-1])
-
-
-def remeasure_memory(docs_dir: str | os.PathLike = "docs") -> dict[str, Any]:
-    """Re-run the memory probe (a fresh process per model, its ``VmHWM`` high-water mark) with the settings stored
-    in ``DOCS_DIR/results.json``, replace the ablation rows' ``memory`` and rewrite the report."""
-    docs = Path(docs_dir)
-    report = json.loads((docs / "results.json").read_text())
-    stored = report["config"]
-    config = ReproductionConfig(**{k: tuple(v) if k in ("seeds", "large_seeds") else v for k, v in stored.items()})
-    d = config.ablation_domain
-    probes = {
-        "hybrid": RunSpec("hybrid", d, "hybrid"),
-        "hybrid_k8": RunSpec("hybrid_k8", d, "hybrid", 0, {"num_codebooks": CODEC_CODEBOOKS}),
-        "flat8_gpt_s": RunSpec("flat8_gpt_s", d, "gpt_s", flat=True),
-    }
-    memory = {name: _measure_memory(spec, config) for name, spec in probes.items()}
-    for row in report["ablations"]:
-        if "memory" in row and row["run"] in memory:
-            row["memory"] = memory[row["run"]]
-    report.setdefault("notes", []).append(
-        "memory re-measured with `whisper-gpt reproduce --remeasure-memory` (VmHWM probe) after the run"
-    )
-    write_report(report, docs)
-    return report
 
 
 def _jsonable(value: Any) -> Any:
@@ -654,311 +910,6 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# The study
-
-
-def plan_runs(config: ReproductionConfig) -> tuple[list[RunSpec], list[RunSpec]]:
-    """(main runs, extra ablation runs). Ablations reuse the main hybrid and GPT-S runs as their reference rows."""
-    main = []
-    for domain in DOMAINS:
-        for model in MAIN_MODELS:
-            for seed in config.large_seeds if model == "gpt_l" else config.seeds:
-                main.append(RunSpec(model, domain, model, seed))
-    ablations = []
-    if config.ablations:
-        d, seed = config.ablation_domain, config.seeds[0]
-        ablations = [
-            RunSpec("hybrid_centered_mel", d, "hybrid", seed, mel="centered"),
-            RunSpec("hybrid_spectrogram_layers_0", d, "hybrid", seed, {"spectrogram_layers": 0}),
-            RunSpec("hybrid_spectrogram_layers_4", d, "hybrid", seed, {"spectrogram_layers": 4}),
-            RunSpec("hybrid_sum_fusion", d, "hybrid", seed, {"fusion": "sum"}),
-            RunSpec("hybrid_codec_mel", d, "hybrid", seed, mel="codec"),
-            RunSpec("hybrid_k8", d, "hybrid", seed, {"num_codebooks": CODEC_CODEBOOKS}),
-            RunSpec("gpt_s_k8", d, "gpt_s", seed, {"num_codebooks": CODEC_CODEBOOKS}),
-            RunSpec("flat8_gpt_s", d, "gpt_s", seed, flat=True),
-        ]
-    return main, ablations
-
-
-def run_reproduction(config: ReproductionConfig) -> dict[str, Any]:
-    """Run the whole study within ``config.budget_minutes``; write and return the report."""
-    started = time.perf_counter()
-    deadline = started + config.budget_minutes * 60
-    torch.set_num_threads(config.torch_threads)
-    torch.set_flush_denormal(True)
-    if config.ablation_domain not in DOMAINS:
-        raise ValueError(f"ablation_domain must be one of {DOMAINS}, got {config.ablation_domain!r}.")
-    if config.eval_points < 1:
-        raise ValueError(f"eval_points must be at least 1, got {config.eval_points}.")
-    output = Path(config.output_dir)
-    output.mkdir(parents=True, exist_ok=True)
-    log_dir = output / "logs"
-    log_dir.mkdir(exist_ok=True)
-    phases: dict[str, float] = {}
-
-    corpora = _ensure_corpora(config)
-    phases["corpora"] = time.perf_counter() - started
-    dirs = _corpus_dirs(config)
-    mark = time.perf_counter()
-    processor, codec_stats = _processor(config, dirs)
-    phases["codec_calibration"] = time.perf_counter() - mark
-
-    from .corpus import audio_files
-
-    mark = time.perf_counter()
-    data: dict[str, dict[str, Any]] = {}
-    for domain in DOMAINS:
-        variants = (
-            ("causal", "centered", "codec") if config.ablations and domain == config.ablation_domain else ("causal",)
-        )
-        train_files = audio_files(dirs[domain], split="train")
-        val_files = _validation_subset(dirs[domain], config.validation_seconds)
-        enc_train = _encode(processor, train_files, variants, output / "cache")
-        enc_val = _encode(processor, val_files, variants, output / "cache")
-        data[domain] = {v: (_dataset(enc_train, v), _dataset(enc_val, v)) for v in variants}
-        corpora[domain]["validation_files_scored"] = len(val_files)
-        corpora[domain]["validation_seconds_scored"] = round(float(enc_val["lengths"].sum()) / 75.0, 2)
-        corpora[domain]["train_frames"] = int(enc_train["lengths"].sum())
-    phases["encoding"] = time.perf_counter() - mark
-
-    main, ablations = plan_runs(config)
-    runs = main + ablations
-
-    # Time every distinct model once (a few steps of the training loop itself), then allot one common step count.
-    from ..training.loop import seconds_per_step
-
-    mark = time.perf_counter()
-    timing: dict[str, dict[str, float]] = {}
-    for spec in runs:
-        kind = _kind(spec)
-        if kind in timing:
-            continue
-        train_set, val_set = data[spec.domain][spec.mel]
-        step = seconds_per_step(
-            _training_config(spec, config, config.timing_steps, log_dir),  # it runs in a temporary folder instead
-            config.timing_steps,
-            model=_fresh_model(spec, config),
-            processor=processor,
-            train_dataset=train_set,
-        )
-        timing[kind] = {"step": step, "eval_batch": _evaluation_seconds_per_batch(spec, config, val_set)}
-    phases["timing"] = time.perf_counter() - mark
-
-    eval_batches = {
-        domain: math.ceil(
-            sum(math.ceil(n / config.max_frames) for n in data[domain]["causal"][1]["num_frames"]) / EVAL_BATCH_SIZE
-        )
-        for domain in DOMAINS
-    }
-    per_step = sum(timing[_kind(spec)]["step"] for spec in runs)
-    fixed = sum(timing[_kind(spec)]["eval_batch"] * eval_batches[spec.domain] * config.eval_points for spec in runs)
-    reserve = 20.0 + (45.0 if config.measure_memory and config.ablations else 0.0)
-    left = deadline - time.perf_counter() - reserve
-    # Measured step times drift with the load of a shared machine: plan on 85% of what is left.
-    steps = config.max_steps or max(config.min_steps, int((0.85 * left - fixed) / per_step))
-    allotment = {
-        "seconds_left_for_runs": round(left, 1),
-        "planned_seconds_per_common_step": round(per_step, 3),
-        "planned_evaluation_seconds": round(fixed, 1),
-        "steps": steps,
-        "seconds_per_step_by_model": {kind: round(t["step"], 4) for kind, t in timing.items()},
-        "seconds_per_eval_batch_by_model": {kind: round(t["eval_batch"], 4) for kind, t in timing.items()},
-    }
-    logger.info("allotment: %s", allotment)
-
-    mark = time.perf_counter()
-    results: dict[str, dict[str, Any]] = {}
-    progress_file = output / "runs.jsonl"
-    progress_file.write_text("")
-    for spec in runs:
-        train_set, val_set = data[spec.domain][spec.mel]
-        logger.info("training %s (%d steps)", spec.key, steps)
-        result = _train_run(spec, config, processor, train_set, val_set, steps, log_dir)
-        results[spec.key] = result
-        with progress_file.open("a") as handle:
-            handle.write(json.dumps(result) + "\n")
-    phases["training_and_evaluation"] = time.perf_counter() - mark
-
-    memory = {}
-    if config.measure_memory and config.ablations:
-        mark = time.perf_counter()
-        d = config.ablation_domain
-        for spec in (
-            RunSpec("hybrid", d, "hybrid"),
-            RunSpec("hybrid_k8", d, "hybrid", 0, {"num_codebooks": 8}),
-            RunSpec("flat8_gpt_s", d, "gpt_s", flat=True),
-        ):
-            memory[spec.name] = _measure_memory(spec, config)
-        phases["memory_probe"] = time.perf_counter() - mark
-
-    report = _report(config, corpora, codec_stats, processor, timing, allotment, results, memory, phases, started)
-    write_report(report, Path(config.docs_dir))
-    return report
-
-
-def _kind(spec: RunSpec) -> str:
-    """Runs whose step time is the same: same architecture (the mel variant does not change the cost)."""
-    return json.dumps([spec.model, spec.flat, sorted(spec.overrides.items())])
-
-
-def _kind_label(kind: str) -> str:
-    model, flat, overrides = json.loads(kind)
-    label = model + (" flattened" if flat else "")
-    return label + "".join(f" {name}={value}" for name, value in overrides)
-
-
-def _stats(values: list[float]) -> dict[str, float]:
-    array = np.asarray(values, dtype=np.float64)
-    return {
-        "mean": float(array.mean()),
-        "std": float(array.std(ddof=1)) if len(array) > 1 else 0.0,
-        "min": float(array.min()),
-        "max": float(array.max()),
-    }
-
-
-def _report(config, corpora, codec_stats, processor, timing, allotment, results, memory, phases, started) -> dict:
-    report: dict[str, Any] = {}
-    for domain in DOMAINS:
-        report[domain] = {}
-        for model in MAIN_MODELS:
-            seeds = config.large_seeds if model == "gpt_l" else config.seeds
-            runs = [results[f"{domain}/{model}/seed{s}"] for s in seeds]
-            nll = _stats([r["nll"] for r in runs])
-            acc = _stats([r["accuracy"] for r in runs])
-            report[domain][model] = {
-                "params": runs[0]["params"],
-                "nll": nll["mean"],
-                "accuracy": acc["mean"],
-                "ppl": math.exp(nll["mean"]),
-                "seeds": list(seeds),
-                "nll_by_seed": [r["nll"] for r in runs],
-                "accuracy_by_seed": [r["accuracy"] for r in runs],
-                "nll_std": nll["std"],
-                "accuracy_std": acc["std"],
-                "nll_range": [nll["min"], nll["max"]],
-                "steps": runs[0]["steps"],
-                "epochs": runs[0]["epochs"],
-                "train_seconds": [r["train_seconds"] for r in runs],
-                "train_frames_per_second": float(np.mean([r["train_frames_per_second"] for r in runs])),
-                "history": {f"seed{r['seed']}": r["history"] for r in runs},
-                "paper": paper_numbers(domain, model),
-            }
-        gain = [
-            results[f"{domain}/gpt_s/seed{s}"]["nll"] - results[f"{domain}/hybrid/seed{s}"]["nll"] for s in config.seeds
-        ]
-        report[domain]["hybrid_minus_gpt_s_nll"] = {"by_seed": [-g for g in gain], **_stats([-g for g in gain])}
-
-    ablations = []
-    if config.ablations:
-        d, seed = config.ablation_domain, config.seeds[0]
-        reference = results[f"{d}/gpt_s/seed{seed}"]["nll"]
-
-        def row(name: str, key: str, **extra: Any) -> dict[str, Any]:
-            r = results[key]
-            entry = {
-                "name": name,
-                "domain": d,
-                "run": r["name"],
-                "seed": r["seed"],
-                "params": r["params"],
-                "nll": r["nll"],
-                "accuracy": r["accuracy"],
-                "ppl": r["ppl"],
-                "nll_minus_gpt_s": r["nll"] - reference,
-                "num_codebooks": r["num_codebooks"],
-                "per_codebook_nll": r["per_codebook_nll"],
-                "nll_all_codebooks": r["nll_all_codebooks"],
-                "train_tokens_per_second": r["train_tokens_per_second"],
-                "train_frames_per_second": r["train_frames_per_second"],
-                "steps": r["steps"],
-                "history": r["history"],
-            }
-            entry.update(extra)
-            return entry
-
-        k = f"{d}/{{}}/seed{seed}"
-        ablations = [
-            row("token-only GPT-S (reference)", k.format("gpt_s"), group="reference"),
-            row("hybrid, causal mel (ours)", k.format("hybrid"), group="mel framing"),
-            row(
-                "hybrid, centered-STFT mel (sees 352 future samples)",
-                k.format("hybrid_centered_mel"),
-                group="mel framing",
-            ),
-            row("hybrid, spectrogram_layers=0", k.format("hybrid_spectrogram_layers_0"), group="spectrogram layers"),
-            row("hybrid, spectrogram_layers=2 (paper)", k.format("hybrid"), group="spectrogram layers"),
-            row("hybrid, spectrogram_layers=4", k.format("hybrid_spectrogram_layers_4"), group="spectrogram layers"),
-            row("hybrid, concat fusion (paper)", k.format("hybrid"), group="fusion"),
-            row("hybrid, sum fusion", k.format("hybrid_sum_fusion"), group="fusion"),
-            row("hybrid, mel of the original audio", k.format("hybrid"), group="mel source"),
-            row(
-                "hybrid, mel of the codec resynthesis (mel_source='codec', codebook 0)",
-                k.format("hybrid_codec_mel"),
-                group="mel source",
-            ),
-            row("hybrid K=1 (paper)", k.format("hybrid"), group="codebooks"),
-            row("hybrid K=8 (depth transformer)", k.format("hybrid_k8"), group="codebooks"),
-            row("token-only GPT-S K=8 (depth transformer)", k.format("gpt_s_k8"), group="codebooks"),
-            row(
-                "hybrid K=8, one position per frame",
-                k.format("hybrid_k8"),
-                group="context length",
-                memory=memory.get("hybrid_k8"),
-                sequence_length=config.max_frames,
-            ),
-            row(
-                "token-only, 8 codebooks flattened (8 positions per frame)",
-                k.format("flat8_gpt_s"),
-                group="context length",
-                memory=memory.get("flat8_gpt_s"),
-                sequence_length=8 * config.max_frames,
-            ),
-        ]
-        if memory.get("hybrid"):
-            ablations[1]["memory"] = memory["hybrid"]
-
-    tokenizer = processor.audio_tokenizer
-    report["ablations"] = ablations
-    report["budget"] = {
-        "budget_minutes": config.budget_minutes,
-        "wall_minutes": (time.perf_counter() - started) / 60,
-        "phase_seconds": {name: round(value, 1) for name, value in phases.items()},
-        "steps_per_run": allotment["steps"],
-        "batch_size": config.batch_size,
-        "crop_frames": config.max_frames,
-        "crop_seconds": config.max_frames / 75.0,
-        "optimizer": (
-            f"AdamW lr {config.learning_rate}, betas (0.9, {config.adam_beta2}), weight decay {config.weight_decay} "
-            f"on matrices, {config.warmup_fraction:.0%} linear warmup then cosine decay to 0, "
-            f"clip {config.max_grad_norm}"
-        ),
-        "allotment": allotment,
-        "torch_threads": torch.get_num_threads(),
-        "flush_denormal": True,
-        "device": "cpu",
-        "hardware": _hardware(),
-        "torch_version": torch.__version__,
-    }
-    report["codec"] = {
-        "kind": "locally built small EnCodec (whisper_gpt.small_encodec_config), random encoder/decoder weights, "
-        "codebooks calibrated by k-means on training audio of both domains",
-        "sampling_rate": tokenizer.sampling_rate,
-        "hop_length": tokenizer.hop_length,
-        "frame_rate": tokenizer.sampling_rate / tokenizer.hop_length,
-        "bandwidth_kbps": tokenizer.bandwidth,
-        "num_codebooks": tokenizer.num_codebooks,
-        "codebook_size": tokenizer.codebook_size,
-        "calibration": codec_stats,
-    }
-    report["corpora"] = corpora
-    report["config"] = _jsonable({k: v for k, v in asdict(config).items() if k != "command"})
-    report["command"] = config.command
-    report["runs"] = {key: {k: v for k, v in r.items() if k != "history"} for key, r in results.items()}
-    return _jsonable(report)
-
-
 def _hardware() -> str:
     cpu = platform.processor() or platform.machine()
     try:
@@ -968,335 +919,344 @@ def _hardware() -> str:
                 break
     except OSError:
         pass
-    return f"{cpu}, {os.cpu_count()} cores visible (shared with other work), no GPU"
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return f"{cpu}, {os.cpu_count()} cores visible, {gpu}"
+
+
+def _commit() -> str:
+    """The package checkout's commit, with ``+uncommitted`` when tracked files differ from it."""
+    root = Path(__file__).resolve().parents[3]
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (not a git checkout)"
+    return head + ("+uncommitted" if dirty else "")
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Report writing
+# The study
 
 
-def write_report(report: dict[str, Any], docs_dir: Path) -> None:
-    docs_dir.mkdir(parents=True, exist_ok=True)
-    (docs_dir / "results.json").write_text(json.dumps(report, indent=2) + "\n")
-    render_report(docs_dir)
+@dataclass
+class PlannedRun:
+    regime: str
+    spec: RunSpec
+    settings: dict[str, Any]
+    path: Path
 
 
-def render_report(docs_dir: str | os.PathLike) -> dict[str, Any]:
-    """Write ``results.md`` and the figures from ``results.json`` (the findings are computed from its numbers)."""
-    docs_dir = Path(docs_dir)
-    report = json.loads((docs_dir / "results.json").read_text())
-    figures = _plot(report, docs_dir / "figures")
-    (docs_dir / "results.md").write_text(render_markdown(report, [f.relative_to(docs_dir) for f in figures]))
+def plan_study(config: ReproductionConfig) -> tuple[list[PlannedRun], dict[str, dict[str, Any]]]:
+    """Every run of the study (both regimes) with its settings and stored-result path, and each regime's codec
+    settings. Needs the corpora (`_ensure_corpora`), not the codecs: the keys come from the settings and files."""
+    from .corpus import audio_files
+
+    dirs = _corpus_dirs(config)
+    data = {}
+    for domain, folder in dirs.items():
+        data[domain] = {
+            "train": _files_identity(folder, audio_files(folder, split="train")),
+            "validation": _files_identity(folder, _validation_subset(folder, config.validation_seconds)),
+        }
+    codecs = {regime: codec_settings(config, regime, dirs) for regime in REGIMES}
+    planned = []
+    for regime in REGIMES:
+        for spec in plan_runs(config):
+            settings = json.loads(json.dumps(run_settings(spec, config, codecs[regime], data[spec.domain])))
+            planned.append(PlannedRun(regime, spec, settings, run_path(config.output_dir, settings)))
+    return planned, codecs
+
+
+def _kind(spec: RunSpec) -> str:
+    """Runs whose step time is the same: same architecture (the mel source does not change the cost)."""
+    return json.dumps([spec.model, spec.flat, sorted(spec.overrides.items())])
+
+
+def _kind_label(kind: str) -> str:
+    model, flat, overrides = json.loads(kind)
+    return model + (" flattened" if flat else "") + "".join(f" {name}={value}" for name, value in overrides)
+
+
+class _RegimeData:
+    """A regime's codec and encoded data, loaded on first use."""
+
+    def __init__(self, config: ReproductionConfig, codec: dict[str, Any]):
+        self.config, self.codec = config, codec
+        self.processor: Any = None
+        self.calibration: dict[str, Any] | None = None
+        self.encoded: dict[tuple[str, str], dict[str, Any]] = {}
+
+    def get(self, spec: RunSpec) -> tuple[Any, Any, dict[str, Any]]:
+        """(processor, training dataset, encoded held-out files) of ``spec``'s domain and mel variant."""
+        from .corpus import audio_files
+
+        dirs = _corpus_dirs(self.config)
+        if self.processor is None:
+            self.processor, self.calibration = _codec(self.config, self.codec, dirs)
+        cache = Path(self.config.output_dir) / "cache"
+        variant = _mel_variant(spec, self.config)
+        folder = dirs[spec.domain]
+        train = _encode(self.processor, audio_files(folder, split="train"), [variant], cache)
+        validation = _encode(
+            self.processor, _validation_subset(folder, self.config.validation_seconds), [variant], cache
+        )
+        return self.processor, _dataset(train["codes"], train[variant]), validation
+
+
+def estimate(todo: list[PlannedRun], config: ReproductionConfig, regime_data: dict[str, _RegimeData]) -> dict[str, Any]:
+    """Time each distinct model of ``todo`` with `seconds_per_step` (``timing_steps`` steps of the loop itself, on
+    the first run's regime: the step time does not depend on the codes) and one held-out window, and estimate the
+    seconds of every run (steps, validations, diagnostics)."""
+    from ..training.evaluation import evaluate_model
+    from ..training.loop import seconds_per_step
+
+    timing: dict[str, dict[str, float]] = {}
+    windows: dict[str, int] = {}
+    seconds: dict[str, float] = {}
+    for run in todo:
+        kind, spec = _kind(run.spec), run.spec
+        if kind not in timing or spec.domain not in windows:
+            processor, train_set, validation = regime_data[todo[0].regime].get(spec)
+            windows[spec.domain] = sum(math.ceil(len(c) / config.max_frames) for c in validation["codes"])
+        if kind not in timing:
+            variant = _mel_variant(spec, config)
+            with tempfile.TemporaryDirectory() as folder:
+                step = seconds_per_step(
+                    _training_config(spec, config, Path(folder)),
+                    config.timing_steps,
+                    model=_seeded_model(spec, config),
+                    processor=_processor_for(processor, variant[1]),
+                    train_dataset=train_set,
+                )
+            first = _dataset(validation["codes"][:1], validation[variant][:1])
+            started = time.perf_counter()
+            evaluate_model(
+                _model(spec, config), first, window=config.max_frames, batch_size=EVAL_BATCH_SIZE, progress=False
+            )
+            per_window = (time.perf_counter() - started) / math.ceil(len(validation["codes"][0]) / config.max_frames)
+            timing[kind] = {"step": step, "eval_window": per_window}
+            logger.info("%s: %.3f s per optimizer step", _kind_label(kind), step)
+        hybrid = spec.model == "hybrid" and not spec.flat
+        evaluations = config.eval_points + (2 if hybrid else 0)  # the diagnostics evaluate twice more
+        seconds[f"{run.regime}/{spec.key}"] = (
+            config.steps * timing[kind]["step"]
+            + evaluations * windows[spec.domain] * timing[kind]["eval_window"]
+            + (config.diagnostic_batches * timing[kind]["step"] if hybrid else 0.0)
+        )
+    return {
+        "seconds_per_step": {_kind_label(k): round(t["step"], 4) for k, t in timing.items()},
+        "seconds_by_run": {k: round(v, 1) for k, v in seconds.items()},
+        "total_seconds": round(sum(seconds.values()), 1),
+    }
+
+
+def run_reproduction(config: ReproductionConfig, *, estimate_only: bool = False) -> dict[str, Any]:
+    """Train the selected runs of the study that are not stored yet (each stored as it finishes), then write the
+    report from every stored result; returns the report (with ``estimate_only``: only the time estimate, nothing
+    trained or written)."""
+    from .reproduce_report import build_report, write_report
+
+    check_config(config)
+    output = Path(config.output_dir)
+    output.mkdir(parents=True, exist_ok=True)
+    corpora = _ensure_corpora(config)
+    planned, codecs = plan_study(config)
+    chosen = [run for run in planned if run.regime in config.regimes and selected(run.spec, config)]
+    stored = [run for run in chosen if load_result(run.path, run.settings) is not None]
+    todo = [run for run in chosen if load_result(run.path, run.settings) is None]
+    logger.info("%d runs selected: %d already stored (skipped), %d to train", len(chosen), len(stored), len(todo))
+    regime_data = {regime: _RegimeData(config, codecs[regime]) for regime in REGIMES}
+    if todo or estimate_only:
+        plan = estimate(todo, config, regime_data)
+        lines = [f"  {label}: {value:.3f} s/step" for label, value in plan["seconds_per_step"].items()]
+        print(
+            f"{len(todo)} runs to train ({config.steps} steps each), estimated "
+            f"{plan['total_seconds'] / 60:.1f} min on this machine (codec calibration and encoding not counted):\n"
+            + "\n".join(lines),
+            flush=True,
+        )
+        if estimate_only:
+            return {"estimate": plan, "selected": len(chosen), "stored": len(stored), "to_train": len(todo)}
+    commit, hardware = _commit(), _hardware()
+    for index, run in enumerate(todo, 1):
+        processor, train_set, validation = regime_data[run.regime].get(run.spec)
+        logger.info("[%d/%d] training %s %s (%d steps)", index, len(todo), run.regime, run.spec.key, config.steps)
+        log_dir = output / "logs" / run.regime / run.path.stem
+        result = _train_run(run.spec, config, processor, train_set, validation, log_dir)
+        if "codebooks" in run.spec.groups and run.spec.name != run.spec.model and config.measure_memory:
+            result["memory"] = _measure_memory(run.spec, config)
+        result.update(
+            regime=run.regime,
+            settings=run.settings,
+            commit=commit,
+            command=config.command,
+            machine=hardware,
+            torch_version=torch.__version__,
+            finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        )
+        _write_json_atomically(run.path, result)
+        logger.info("%s %s: codebook-0 NLL %.4f (stored in %s)", run.regime, run.spec.key, result["nll"], run.path)
+    report = build_report(_stored_results(planned), _plan_rows(planned), study_settings(config, corpora, codecs))
+    write_report(report, Path(config.docs_dir))
     return report
 
 
-def _plot(report: dict[str, Any], folder: Path) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    colours = {"gpt_s": "tab:blue", "gpt_l": "tab:green", "hybrid": "tab:red"}
-    for domain in DOMAINS:
-        figure, axis = plt.subplots(figsize=(7, 4.2))
-        for model in MAIN_MODELS:
-            for index, (seed, history) in enumerate(sorted(report[domain][model]["history"].items())):
-                axis.plot(
-                    [h["epoch"] for h in history],
-                    [h["nll"] for h in history],
-                    marker="o",
-                    color=colours[model],
-                    linestyle="-" if index == 0 else "--",
-                    label=f"{LABEL[model]} ({seed})",
-                )
-        axis.set_xlabel(f"epochs ({report[domain]['gpt_s']['steps']} optimizer steps in all)")
-        axis.set_ylabel("validation NLL, codebook 0 (nats/token)")
-        axis.set_title(f"{domain}: validation loss during training")
-        axis.grid(alpha=0.3)
-        axis.legend(fontsize=8)
-        figure.tight_layout()
-        path = folder / f"validation_loss_{domain}.png"
-        figure.savefig(path, dpi=110)
-        plt.close(figure)
-        paths.append(path)
-    if report["ablations"]:
-        figure, axis = plt.subplots(figsize=(7, 4.2))
-        seen = set()
-        for entry in report["ablations"]:
-            if entry["run"] in seen:
-                continue
-            seen.add(entry["run"])
-            axis.plot(
-                [h["epoch"] for h in entry["history"]],
-                [h["nll"] for h in entry["history"]],
-                marker=".",
-                label=entry["run"],
-            )
-        axis.set_xlabel("epochs")
-        axis.set_ylabel("validation NLL, codebook 0 (nats/token)")
-        axis.set_title(f"ablations ({report['ablations'][0]['domain']})")
-        axis.grid(alpha=0.3)
-        axis.legend(fontsize=7)
-        figure.tight_layout()
-        path = folder / "validation_loss_ablations.png"
-        figure.savefig(path, dpi=110)
-        plt.close(figure)
-        paths.append(path)
-    return paths
+def _stored_results(planned: list[PlannedRun]) -> list[dict[str, Any]]:
+    found = []
+    for run in planned:
+        result = load_result(run.path, run.settings)
+        if result is not None:
+            found.append(result)
+    return found
 
 
-def _pm(mean: float, std: float, n: int, fmt: str) -> str:
-    return f"{fmt.format(mean)} ± {fmt.format(std)}" if n > 1 else fmt.format(mean)
-
-
-def render_markdown(report: dict[str, Any], figures: list[Path]) -> str:
-    b, codec = report["budget"], report["codec"]
-    lines = ["# Reproducing Whisper-GPT (arXiv 2412.11449) on real speech and music", ""]
-    lines += [
-        f"Produced by `{report.get('command') or 'whisper-gpt reproduce'}` "
-        f"(budget {b['budget_minutes']:g} min, wall time {b['wall_minutes']:.1f} min, {b['hardware']}, "
-        f"{b['torch_threads']} torch thread, torch {b['torch_version']}). Numbers: `docs/results.json`.",
-        "",
-        "## Headline table (codebook 0, next-frame prediction on held-out files)",
-        "",
-        "NLL in nats per codebook-0 token, accuracy of the arg-max code, PPL = exp(NLL). Ours: mean ± standard "
-        "deviation over seeds (GPT-S and hybrid: "
-        f"{len(report['speech']['gpt_s']['seeds'])} seeds; GPT-L: {len(report['speech']['gpt_l']['seeds'])}). "
-        "Every model of a domain had the same data, optimizer steps, batch, crop and schedule.",
-        "",
-        "| domain | model | params (ours / paper) | NLL ours | NLL paper | acc ours | acc paper | PPL ours "
-        "| PPL paper |",
-        "|---|---|---|---|---|---|---|---|---|",
+def _plan_rows(planned: list[PlannedRun]) -> list[dict[str, Any]]:
+    return [
+        {
+            "regime": run.regime,
+            "domain": run.spec.domain,
+            "name": run.spec.name,
+            "model": run.spec.model,
+            "seed": run.spec.seed,
+            "groups": list(run.spec.groups),
+        }
+        for run in planned
     ]
-    for domain in DOMAINS:
-        for model in MAIN_MODELS:
-            r, p = report[domain][model], report[domain][model]["paper"]
-            n = len(r["seeds"])
-            lines.append(
-                f"| {domain} | {LABEL[model]} | {r['params'] / 1e6:.2f}M / {p['params'] / 1e6:.1f}M | "
-                f"{_pm(r['nll'], r['nll_std'], n, '{:.3f}')} | {p['nll']:.2f} | "
-                f"{_pm(100 * r['accuracy'], 100 * r['accuracy_std'], n, '{:.2f}')}% | {100 * p['accuracy']:.2f}% | "
-                f"{r['ppl']:.2f} | {p['ppl']:.2f} |"
-            )
-    lines += ["", "Hybrid minus GPT-S codebook-0 NLL, per seed (negative = the hybrid is better):", ""]
-    for domain in DOMAINS:
-        g = report[domain]["hybrid_minus_gpt_s_nll"]
-        per = ", ".join(f"{v:+.3f}" for v in g["by_seed"])
-        lines.append(
-            f"- {domain}: {per} (mean {g['mean']:+.3f}; paper "
-            f"{report[domain]['hybrid']['paper']['nll'] - report[domain]['gpt_s']['paper']['nll']:+.2f})"
-        )
-    lines += [
-        "",
-        "Per-seed numbers:",
-        "",
-        "| domain | model | seed | NLL | accuracy | train s |",
-        "|---|---|---|---|---|---|",
-    ]
-    for run in report["runs"].values():
-        if run["name"] in MAIN_MODELS:
-            lines.append(
-                f"| {run['domain']} | {run['name']} | {run['seed']} | {run['nll']:.4f} | "
-                f"{100 * run['accuracy']:.2f}% | "
-                f"{run['train_seconds']:.0f} |"
-            )
-    if report["ablations"]:
-        d = report["ablations"][0]["domain"]
-        lines += [
-            "",
-            f"## Ablations ({d}, seed {report['ablations'][0]['seed']}, same steps / data / schedule as the table)",
-            "",
-            f"Run on {d} only: the budget does not cover every ablation on both domains. Reference rows reuse the "
-            "main table's seed-0 runs. NLL is codebook 0 for every row; Δ is against token-only GPT-S.",
-            "",
-            "| group | variant | params | NLL cb0 | Δ vs GPT-S | acc cb0 | per-codebook NLL (cb0..cb7) | "
-            "train tokens/s | train frames/s | peak step memory |",
-            "|---|---|---|---|---|---|---|---|---|---|",
-        ]
-        for row in report["ablations"]:
-            per = " / ".join(f"{v:.2f}" for v in row["per_codebook_nll"]) if row["num_codebooks"] > 1 else "-"
-            memory = row.get("memory")
-            mem = f"+{memory['step_increase_mib']:.0f} MiB (peak {memory['peak_rss_mib']:.0f})" if memory else "-"
-            lines.append(
-                f"| {row['group']} | {row['name']} | {row['params'] / 1e6:.2f}M | {row['nll']:.4f} | "
-                f"{row['nll_minus_gpt_s']:+.4f} | {100 * row['accuracy']:.2f}% | {per} | "
-                f"{row['train_tokens_per_second']:.0f} | {row['train_frames_per_second']:.0f} | {mem} |"
-            )
-    lines += [
-        "",
-        "## Setup",
-        "",
-        f"- **Codec**: {codec['kind']}; {codec['sampling_rate']} Hz, hop {codec['hop_length']} "
-        f"({codec['frame_rate']:g} frames/s), {codec['num_codebooks']} codebooks x {codec['codebook_size']} codes "
-        f"({codec['bandwidth_kbps']:g} kbps geometry). No pretrained EnCodec can be downloaded here, so these codes "
-        "are not the paper's: absolute NLLs are not comparable with the paper's, only the comparison between models.",
-        f"- **Training**: {b['steps_per_run']} optimizer steps per run, batch {b['batch_size']} random crops of "
-        f"{b['crop_frames']} frames ({b['crop_seconds']:.2f} s), {b['optimizer']}. Step count chosen from the budget "
-        f"after timing every model (seconds per step: "
-        + ", ".join(f"{_kind_label(k)} {v:.2f}" for k, v in b["allotment"]["seconds_per_step_by_model"].items())
-        + ").",
-        f"- **Evaluation**: the held-out (validation split) files, non-overlapping windows of {b['crop_frames']} "
-        "frames; "
-        "the final step's model is reported (no early stopping or model selection on these files).",
-        f"- **Phases (s)**: {b['phase_seconds']}.",
-        "",
-        "| domain | train files | train s | held-out files (scored) | held-out s scored | sources (s) |",
-        "|---|---|---|---|---|---|",
-    ]
-    for domain in DOMAINS:
-        c = report["corpora"][domain]
-        lines.append(
-            f"| {domain} | {c['files']['train']} | {c['seconds']['train']:.0f} | {c['validation_files_scored']} | "
-            f"{c['validation_seconds_scored']:.0f} | {c['seconds_by_source']} |"
-        )
-    lines += ["", "## Figures", ""] + [f"![{f.stem}]({f.as_posix()})" for f in figures]
-    lines += ["", "## Findings (computed from the numbers above)", ""] + [f"- {line}" for line in findings(report)]
-    if report.get("notes"):
-        lines += ["", "Notes: " + "; ".join(report["notes"]) + "."]
-    if report.get("discussion"):
-        lines += ["", "## Discussion", "", report["discussion"]]
-    return "\n".join(lines) + "\n"
 
 
-def findings(report: dict[str, Any]) -> list[str]:
-    """Plain statements about the comparison, derived from the report (so a rerun states its own result)."""
-    out = []
-    spreads = []
-    for domain in DOMAINS:
-        s, h, large = report[domain]["gpt_s"], report[domain]["hybrid"], report[domain]["gpt_l"]
-        gain = report[domain]["hybrid_minus_gpt_s_nll"]
-        spread = max(s["nll_std"], h["nll_std"])
-        spreads.append(spread)
-        wins = sum(value < 0 for value in gain["by_seed"])
-        if gain["mean"] < 0 and abs(gain["mean"]) > 2 * spread:
-            verdict = "the hybrid is better than GPT-S by more than twice the seed spread"
-        elif gain["mean"] < 0:
-            verdict = "the hybrid is ahead of GPT-S on average, but by less than twice the seed spread"
-        else:
-            verdict = "the hybrid does NOT beat GPT-S"
-        out.append(
-            f"{domain}: hybrid - GPT-S codebook-0 NLL = {gain['mean']:+.3f} nats (per seed "
-            + ", ".join(f"{v:+.3f}" for v in gain["by_seed"])
-            + f"; hybrid better in {wins} of {len(gain['by_seed'])} seeds; seed std GPT-S {s['nll_std']:.3f}, "
-            f"hybrid {h['nll_std']:.3f}): {verdict}. Paper: "
-            f"{h['paper']['nll'] - s['paper']['nll']:+.2f}. GPT-L - GPT-S = "
-            f"{large['nll'] - s['nll']:+.3f} nats ({len(large['seeds'])} seed)."
-        )
-    steps, epochs = report["speech"]["gpt_s"]["steps"], report["speech"]["gpt_s"]["epochs"]
-    out.append(
-        f"Every run trained for {steps} optimizer steps ({epochs:.2f} epochs of speech, "
-        f"{report['music']['gpt_s']['epochs']:.2f} of music): far from convergence, so this measures which model "
-        "learns faster at a fixed small budget, not where each would end up. GPT-L in particular is the most "
-        "under-trained relative to its size."
+def study_settings(
+    config: ReproductionConfig, corpora: dict[str, Any], codecs: dict[str, dict[str, Any]]
+) -> dict[str, Any]:
+    """The settings the report states (shared by every run of the study)."""
+    codec_dirs = Path(config.output_dir) / "codecs"
+    calibration = {}
+    for regime, settings in codecs.items():
+        record = codec_dirs / f"{regime}-{_digest(settings)[:10]}" / "calibration.json"
+        calibration[regime] = json.loads(record.read_text()) if record.is_file() else {"settings": settings}
+    return _jsonable(
+        {
+            "steps": config.steps,
+            "warmup_steps": config.warmup_steps,
+            "batch_size": config.batch_size,
+            "crop_frames": config.max_frames,
+            "optimizer": (
+                f"AdamW lr {config.learning_rate}, betas (0.9, {config.adam_beta2}), weight decay "
+                f"{config.weight_decay} on matrices, {config.warmup_steps} warmup steps then cosine decay to 0, "
+                f"gradient clipping at {config.max_grad_norm}"
+            ),
+            "seeds": list(config.seeds),
+            "large_seeds": list(config.large_seeds),
+            "ablation_domain": config.ablation_domain,
+            "ablation_mel_bins": config.ablation_mel_bins,
+            "eval_points": config.eval_points,
+            "validation_seconds": config.validation_seconds,
+            "corpora": corpora,
+            "codecs": calibration,
+        }
     )
-    rows = {row["run"]: row for row in report.get("ablations", [])}
-    if rows:
-        spread = max(spreads)
-        out.append(
-            f"Ablations are single runs (seed {report['ablations'][0]['seed']}); differences below about "
-            f"{2 * spread:.3f} nats (twice the largest seed std of the main table) are within noise."
-        )
-        base = rows["gpt_s"]["nll"]
-        causal, centered = base - rows["hybrid"]["nll"], base - rows["hybrid_centered_mel"]["nll"]
-        if abs(centered - causal) < 2 * spread:
-            leak = f"the difference, {centered - causal:+.3f} nats, is within noise"
-        elif causal > 0 and centered > causal:
-            leak = f"{(centered - causal) / centered:.0%} of the centered gain is leakage"
-        else:
-            leak = f"the centered mel is {centered - causal:+.3f} nats better than the causal one"
-        out.append(
-            f"Mel framing: gain over GPT-S with causal mel {causal:+.3f} nats, with centered-STFT mel "
-            f"{centered:+.3f} nats ({leak}). The centered STFT window of frame t reaches n_fft/2 - hop/2 = 352 "
-            "samples past the frame's end: all 320 samples of frame t + 1, the frame being predicted."
-        )
-        out.append(
-            "Spectrogram layers 0 / 2 / 4: "
-            + " / ".join(
-                f"{rows[name]['nll']:.3f}"
-                for name in ("hybrid_spectrogram_layers_0", "hybrid", "hybrid_spectrogram_layers_4")
-            )
-            + f"; fusion concat / sum: {rows['hybrid']['nll']:.3f} / {rows['hybrid_sum_fusion']['nll']:.3f}; "
-            f"mel from audio / from codec resynthesis: {rows['hybrid']['nll']:.3f} / "
-            f"{rows['hybrid_codec_mel']['nll']:.3f}. With this codec (random decoder weights) the resynthesised "
-            "audio is a deterministic function of the codebook-0 codes, so its mel carries no information the "
-            "codes do not already carry; any gain it shows is from the extra computation, not from audio."
-        )
-        k8, flat, s8 = rows["hybrid_k8"], rows["flat8_gpt_s"], rows["gpt_s_k8"]
-        memory = ""
-        if k8.get("memory") and flat.get("memory"):
-            memory = (
-                f"; peak memory added by a training step for the same {report['budget']['crop_seconds']:.2f} s crops: "
-                f"{k8['memory']['step_increase_mib']:.0f} MiB (hybrid K=8) vs {flat['memory']['step_increase_mib']:.0f}"
-                " MiB (flattened)"
-            )
-        out.append(
-            f"K=1 vs K=8: codebook-0 NLL hybrid K=1 {rows['hybrid']['nll']:.3f}, hybrid K=8 {k8['nll']:.3f}, "
-            f"token-only K=8 {s8['nll']:.3f}. Context length: hybrid K=8 (one position per frame) mean NLL over the 8 "
-            f"codebooks {k8['nll_all_codebooks']:.3f} vs flattened token-only {flat['nll_all_codebooks']:.3f}; "
-            f"training speed {k8['train_frames_per_second']:.0f} vs {flat['train_frames_per_second']:.0f} frames/s "
-            f"({k8['train_tokens_per_second']:.0f} vs {flat['train_tokens_per_second']:.0f} codes/s){memory}. The "
-            f"flattened model has {flat['params'] / 1e6:.1f}M parameters (8x larger vocabulary) against "
-            f"{k8['params'] / 1e6:.1f}M."
-        )
-    return out
+
+
+def render_stored(config: ReproductionConfig) -> dict[str, Any]:
+    """Write the report from the stored results of the study ``config`` describes, training nothing."""
+    from .reproduce_report import build_report, write_report
+
+    check_config(config)
+    corpora = _ensure_corpora(config)
+    planned, codecs = plan_study(config)
+    report = build_report(_stored_results(planned), _plan_rows(planned), study_settings(config, corpora, codecs))
+    write_report(report, Path(config.docs_dir))
+    return report
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # Command line
 
 
+class _Refused(argparse.Action):
+    """An option that is gone: refused with a message saying what replaces it."""
+
+    def __init__(self, option_strings: list[str], dest: str, message: str = "", **kwargs: Any):
+        super().__init__(option_strings, dest, help=argparse.SUPPRESS, **kwargs)
+        self.message = message
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: Any, values: Any, option: str | None = None):
+        parser.error(f"{option} {self.message}")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     defaults = ReproductionConfig()
     parser.add_argument(
         "--budget-minutes",
-        type=float,
-        default=defaults.budget_minutes,
-        help="wall-clock budget for the whole study on this machine (step counts scale with it)",
+        action=_Refused,
+        message="is gone: budgets are optimizer steps, identical for every model (--steps N, default "
+        f"{defaults.steps}); --estimate-only prints what they cost on this machine",
     )
-    parser.add_argument("--output-dir", default=defaults.output_dir, help="corpora, codec, cache and logs")
+    parser.add_argument("--output-dir", default=defaults.output_dir, help="corpora, codecs, cache, run results, logs")
     parser.add_argument("--docs-dir", default=defaults.docs_dir, help="where results.json/.md and figures/ go")
     parser.add_argument("--speech-dir", default=None, help="an existing speech corpus or audio folder to reuse")
     parser.add_argument("--music-dir", default=None, help="an existing music corpus or audio folder to reuse")
-    parser.add_argument("--corpus-minutes", type=float, default=None, help="minutes per domain (default: from budget)")
-    parser.add_argument("--seeds", type=int, nargs="+", default=list(defaults.seeds), help="seeds (GPT-S, hybrid)")
+    parser.add_argument(
+        "--corpus-minutes", type=positive_float, default=defaults.corpus_minutes, help="per domain, if built here"
+    )
+    parser.add_argument(
+        "--steps", type=positive_int, default=defaults.steps, help="optimizer steps of every run (default 400)"
+    )
+    parser.add_argument("--warmup-steps", type=non_negative_int, default=defaults.warmup_steps)
+    parser.add_argument("--batch-size", type=positive_int, default=defaults.batch_size)
+    parser.add_argument("--max-frames", type=positive_int, default=defaults.max_frames, help="crop and eval window")
+    parser.add_argument("--seeds", type=int, nargs="+", default=list(defaults.seeds), help="GPT-S and hybrid seeds")
     parser.add_argument("--large-seeds", type=int, nargs="+", default=list(defaults.large_seeds), help="GPT-L seeds")
     parser.add_argument("--ablation-domain", choices=DOMAINS, default=defaults.ablation_domain)
-    parser.add_argument("--no-ablations", action="store_true")
-    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    parser.add_argument("--max-frames", type=int, default=defaults.max_frames, help="crop and evaluation window")
-    parser.add_argument("--max-steps", type=int, default=None, help="force the steps per run instead of the budget")
-    parser.add_argument("--validation-seconds", type=float, default=defaults.validation_seconds)
-    parser.add_argument("--eval-points", type=int, default=defaults.eval_points)
-    parser.add_argument("--progress", action="store_true")
+    parser.add_argument("--validation-seconds", type=positive_float, default=defaults.validation_seconds)
+    parser.add_argument("--eval-points", type=positive_int, default=defaults.eval_points)
+    parser.add_argument("--torch-threads", type=positive_int, default=None, help="default: the training loop's")
     parser.add_argument(
-        "--remeasure-memory", action="store_true", help="only re-run the memory probe of DOCS_DIR/results.json"
+        "--regimes", choices=REGIMES, nargs="+", default=list(REGIMES), help="codec regimes to train now"
     )
+    parser.add_argument("--domains", choices=DOMAINS, nargs="+", default=list(DOMAINS), help="domains to train now")
     parser.add_argument(
-        "--render-only",
+        "--only", choices=GROUPS, nargs="+", default=list(defaults.groups), help="groups of runs to train now"
+    )
+    parser.add_argument("--models", choices=MAIN_MODELS, nargs="+", default=None, help="model families to train now")
+    parser.add_argument(
+        "--estimate-only",
         action="store_true",
-        help="only re-write DOCS_DIR/results.md and figures/ from DOCS_DIR/results.json (which is left as it is)",
+        help="time a few steps of each selected model, print the estimated total and stop",
     )
+    parser.add_argument(
+        "--render-only", action="store_true", help="only re-write the report from the stored results of these settings"
+    )
+    parser.add_argument("--progress", action="store_true")
 
 
 def config_from_args(args: argparse.Namespace, command: str | None = None) -> ReproductionConfig:
     return ReproductionConfig(
-        budget_minutes=args.budget_minutes,
         output_dir=args.output_dir,
         docs_dir=args.docs_dir,
         speech_dir=args.speech_dir,
         music_dir=args.music_dir,
         corpus_minutes=args.corpus_minutes,
-        seeds=tuple(args.seeds),
-        large_seeds=tuple(args.large_seeds),
-        ablations=not args.no_ablations,
-        ablation_domain=args.ablation_domain,
+        steps=args.steps,
+        warmup_steps=args.warmup_steps,
         batch_size=args.batch_size,
         max_frames=args.max_frames,
-        max_steps=args.max_steps,
+        seeds=tuple(args.seeds),
+        large_seeds=tuple(args.large_seeds),
+        ablation_domain=args.ablation_domain,
         validation_seconds=args.validation_seconds,
         eval_points=args.eval_points,
+        torch_threads=args.torch_threads,
+        regimes=tuple(args.regimes),
+        domains=tuple(args.domains),
+        groups=tuple(args.only),
+        models=None if args.models is None else tuple(args.models),
         progress=args.progress,
         command=command,
     )
@@ -1305,50 +1265,49 @@ def config_from_args(args: argparse.Namespace, command: str | None = None) -> Re
 def register_cli(subparsers: argparse._SubParsersAction) -> None:
     """Add ``whisper-gpt reproduce`` to an argparse subparsers object."""
     parser = subparsers.add_parser(
-        "reproduce", help="the paper's GPT-S / GPT-L / hybrid comparison and ablations on real speech and music"
+        "reproduce", help="the paper's GPT-S / GPT-L / hybrid comparison and ablations, resumable, in optimizer steps"
     )
     add_arguments(parser)
     parser.set_defaults(handler=_command)
 
 
-def _command(args: argparse.Namespace) -> dict[str, Any]:
+def _run(args: argparse.Namespace, command: str) -> dict[str, Any]:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    if args.remeasure_memory:
-        return remeasure_memory(args.docs_dir)
+    config = config_from_args(args, command)
     if args.render_only:
-        return render_report(args.docs_dir)
-    command = "whisper-gpt reproduce " + " ".join(shlex.quote(a) for a in sys.argv[2:])
-    report = run_reproduction(config_from_args(args, command))
-    print(render_markdown(report, []))
+        if args.estimate_only:
+            raise ValueError("--render-only trains nothing and --estimate-only only times: give one of them.")
+        return render_stored(config)
+    report = run_reproduction(config, estimate_only=args.estimate_only)
+    if not args.estimate_only:
+        print(f"wrote {Path(config.docs_dir) / 'results.md'} and results.json")
     return report
+
+
+def _command(args: argparse.Namespace) -> dict[str, Any]:
+    return _run(args, "whisper-gpt reproduce " + " ".join(shlex.quote(a) for a in sys.argv[2:]))
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_arguments(parser)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    if args.remeasure_memory:
-        return remeasure_memory(args.docs_dir)
-    if args.render_only:
-        return render_report(args.docs_dir)
     argv = sys.argv[1:] if argv is None else argv
-    command = "python examples/reproduce_paper.py " + " ".join(shlex.quote(a) for a in argv)
-    report = run_reproduction(config_from_args(args, command))
-    print(render_markdown(report, []))
-    return report
+    return _run(args, "python examples/reproduce_paper.py " + " ".join(shlex.quote(a) for a in argv))
 
 
 __all__ = [
+    "REGIMES",
     "FlattenedCodebooks",
     "ReproductionConfig",
     "RunSpec",
     "add_arguments",
     "main",
+    "mel_path_diagnostics",
     "paper_numbers",
     "plan_runs",
+    "plan_study",
     "register_cli",
-    "render_markdown",
+    "render_stored",
     "run_reproduction",
-    "write_report",
 ]
