@@ -423,3 +423,30 @@ def test_flatten_batch_interleaves_codebooks():
     assert flat["attention_mask"][0].tolist() == [1] * 16 + [0] * 8
     assert (flat["labels"][0, 0, 16:] == -100).all()
     assert np.array_equal(flat["labels"][1, 0].numpy() >= 0, np.ones(24, dtype=bool))
+
+
+def test_render_only_reports_the_stored_runs_of_the_given_settings(study, tmp_path):
+    config = study[0]
+    common = ["--output-dir", config.output_dir, "--speech-dir", config.speech_dir, "--music-dir", config.music_dir]
+    tiny = [
+        "--steps",
+        "2",
+        "--warmup-steps",
+        "1",
+        "--batch-size",
+        "2",
+        "--max-frames",
+        "16",
+        "--eval-points",
+        "2",
+        "--seeds",
+        "0",
+        "1",
+    ]
+    # the CLI cannot set the tiny models and codec, so these settings match no stored run: all are pending
+    report = reproduce.main(["--render-only", "--docs-dir", str(tmp_path / "docs"), *common, *tiny])
+    assert report["runs"] == [] and len(report["pending"]) == len(plan_study(config)[0])
+    planned = len(report["pending"])
+    assert f"{planned} of {planned} planned runs are not stored yet" in (tmp_path / "docs" / "results.md").read_text()
+    with pytest.raises(ValueError, match="No speech corpus at"):
+        reproduce.main(["--render-only", "--output-dir", str(tmp_path / "empty"), "--docs-dir", str(tmp_path)])

@@ -186,9 +186,10 @@ def _corpus_dirs(config: ReproductionConfig) -> dict[str, Path]:
     }
 
 
-def _ensure_corpora(config: ReproductionConfig) -> dict[str, dict[str, Any]]:
+def _ensure_corpora(config: ReproductionConfig, build: bool = True) -> dict[str, dict[str, Any]]:
     """Both domains' corpora (a regime's codec is calibrated on both): a folder that already holds audio (a built
-    corpus or the user's folder) is used as it is; otherwise a corpus of ``corpus_minutes`` is built."""
+    corpus or the user's folder) is used as it is; otherwise a corpus of ``corpus_minutes`` is built, or with
+    ``build=False`` a ValueError says that there is none."""
     from .corpus import audio_files, build_corpus, load_manifest
 
     info = {}
@@ -196,6 +197,11 @@ def _ensure_corpora(config: ReproductionConfig) -> dict[str, dict[str, Any]]:
         reuse = (folder / "manifest.jsonl").is_file() or (
             folder.is_dir() and not (folder / "cache").is_dir() and bool(audio_files(folder))
         )
+        if not reuse and not build:
+            raise ValueError(
+                f"No {domain} corpus at {folder}, so no run of this study can be stored: run the study first, or "
+                f"give the same --output-dir / --{domain}-dir as the runs."
+            )
         if not reuse:
             build_corpus(domain, folder, minutes=config.corpus_minutes, progress=config.progress)
         rows = load_manifest(folder)
@@ -1168,7 +1174,7 @@ def render_stored(config: ReproductionConfig) -> dict[str, Any]:
     from .reproduce_report import build_report, write_report
 
     check_config(config)
-    corpora = _ensure_corpora(config)
+    corpora = _ensure_corpora(config, build=False)
     planned, codecs = plan_study(config)
     report = build_report(_stored_results(planned), _plan_rows(planned), study_settings(config, corpora, codecs))
     write_report(report, Path(config.docs_dir))

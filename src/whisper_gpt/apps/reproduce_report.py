@@ -276,7 +276,8 @@ def findings(report: dict[str, Any]) -> list[str]:
                 large, small = models["gpt_l"], models["gpt_s"]
                 difference = large["nll_mean"] - small["nll_mean"]
                 out.append(
-                    f"[{regime}] {domain}: GPT-L ({len(large['seeds'])} seed, {large['steps']} steps, under-trained "
+                    f"[{regime}] {domain}: GPT-L ({len(large['seeds'])} seed{'s' if len(large['seeds']) > 1 else ''}, "
+                    f"{large['steps']} steps, under-trained "
                     f"at this budget) is {abs(difference):.3f} nats {'above' if difference > 0 else 'below'} "
                     "GPT-S's mean."
                 )
