@@ -122,7 +122,8 @@ def main() -> None:
             )
         )
         results["depth_sampling"] = milliseconds(
-            lambda: model._sample_frame(frame_state, prompt, processors, True, generator), args.repeats
+            lambda: model._sample_frame(frame_state, prompt, processors, torch.rand(1, 8, generator=generator)),
+            args.repeats,
         )
         codes = prompt[..., 0]
 

@@ -563,6 +563,40 @@ def test_compiled_static_decoding_steps_give_the_eager_codes():
         model.generate(codes, **kwargs, compile_config=CompileConfig(backend="eager"))
 
 
+def test_a_compiled_frame_samples_the_eager_codes_for_one_seed(caplog):
+    # The K depth steps, the processors and the draws run as one graph; the uniforms come from the same generator.
+    from transformers import CompileConfig
+
+    model = make_model(num_codebooks=3, use_mel_head=True, max_position_embeddings=24)
+    codes = torch.randint(0, TINY_CODEBOOK_SIZE, (2, 3, 8), generator=torch.Generator().manual_seed(4))
+    features = torch.randn(2, 8, TINY_MEL_BINS, generator=torch.Generator().manual_seed(5))
+    kwargs = dict(input_features=features, max_new_tokens=20, mel_source="learned", do_sample=True, top_k=5, top_p=0.9)
+    compile_config = CompileConfig(fullgraph=True, backend="eager", dynamic=False, mode=None)
+
+    def run(**extra):
+        return model.generate(codes, **kwargs, generator=torch.Generator().manual_seed(6), **extra)
+
+    eager = run()
+    torch.testing.assert_close(run(cache_implementation="static", compile_config=compile_config), eager)
+    assert not torch.equal(eager, model.generate(codes, **kwargs, generator=torch.Generator().manual_seed(7)))
+    with caplog.at_level("WARNING"):  # the penalty reads the codes so far: picked eagerly, said once
+        penalised = run(cache_implementation="static", compile_config=compile_config, repetition_penalty=1.3)
+    torch.testing.assert_close(penalised, run(repetition_penalty=1.3))
+    assert "RepetitionPenaltyLogitsProcessor read the codes generated so far" in caplog.text
+
+
+def test_draw_codes_inverts_the_cdf_and_never_draws_an_impossible_code():
+    from whisper_gpt.generation_whisper_gpt import draw_codes
+
+    scores = torch.tensor([[0.0, float("-inf"), 0.0, float("-inf")]]).repeat(4, 1)
+    uniforms = torch.tensor([0.0, 0.49, 0.51, 0.999999])
+    assert draw_codes(scores, uniforms)[:, 0].tolist() == [0, 0, 2, 2]
+    logits = torch.randn(1, 16, generator=torch.Generator().manual_seed(0))
+    drawn = draw_codes(logits.repeat(20000, 1), torch.rand(20000, generator=torch.Generator().manual_seed(1)))
+    frequencies = torch.bincount(drawn[:, 0], minlength=16).float() / 20000
+    torch.testing.assert_close(frequencies, logits.softmax(-1)[0], atol=0.015, rtol=0)
+
+
 def test_a_failing_compiler_falls_back_to_the_eager_steps_with_a_warning(caplog):
     from transformers import CompileConfig
 

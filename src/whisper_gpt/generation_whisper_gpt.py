@@ -21,12 +21,21 @@ import torch.nn.functional as F
 from transformers.cache_utils import Cache, DynamicCache, StaticCache
 from transformers.generation import GenerateDecoderOnlyOutput, GenerationConfig, GenerationMixin
 from transformers.generation.logits_process import (
+    EpsilonLogitsWarper,
+    EtaLogitsWarper,
     ExponentialDecayLengthPenalty,
     ForcedEOSTokenLogitsProcessor,
+    InfNanRemoveLogitsProcessor,
+    LogitNormalization,
     LogitsProcessor,
     LogitsProcessorList,
     MinLengthLogitsProcessor,
     MinNewTokensLengthLogitsProcessor,
+    MinPLogitsWarper,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+    TypicalLogitsWarper,
 )
 from transformers.generation.stopping_criteria import MaxLengthCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
@@ -349,6 +358,19 @@ REFUSED_ARGUMENTS: dict[str, str] = {
     "past_key_values": "generate() builds its own cache (the context slides)",
     "position_ids": "positions follow the attention mask",
 }
+# Logits processors that read only the scores, never the codes so far (whose length grows every frame): a compiled
+# frame samples through these; any other processor makes the codes of a frame be picked eagerly.
+SCORE_ONLY_PROCESSORS = (
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+    MinPLogitsWarper,
+    TypicalLogitsWarper,
+    EpsilonLogitsWarper,
+    EtaLogitsWarper,
+    LogitNormalization,
+    InfNanRemoveLogitsProcessor,
+)
 # Logits processors about the end-of-sequence code: they act on codebook 0 only, where an EOS ends a row.
 EOS_PROCESSORS = (
     MinLengthLogitsProcessor,
@@ -596,23 +618,25 @@ class WhisperGPTGenerationMixin(GenerationMixin):
     def _sample_frame(
         self,
         frame_state: torch.Tensor,
-        history: torch.Tensor,
+        history: torch.Tensor | None,
         codebook_processors: list[list[LogitsProcessor]],
-        do_sample: bool,
-        generator: torch.Generator | None,
+        uniforms: torch.Tensor | None,
         keep_scores: bool = False,
         keep_logits: bool = False,
         steps: DecodingSteps | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-        """Pick the K codes of the next frame from the frame state (N, H); history (N, K, L) the codes so far.
-        ``steps`` runs the depth decoder (default: eager, a new DynamicCache per frame).
+        """Pick the K codes of the next frame from the frame state (N, H); history (N, K, L) the codes so far (None
+        when every processor reads only the scores). ``uniforms`` (N, K) in [0, 1) are the frame's sampling draws,
+        one per codebook (`draw_codes`); None decodes greedily. ``steps`` runs the depth decoder (None: the eager
+        step with a cache of its own, which is also what one compiled graph for the whole frame traces).
 
         Returns the codes (N, K) and, when asked, the processed scores and the raw logits (N, K, V).
         """
         num_codebooks = self.config.num_codebooks
         if num_codebooks > 1:  # codebook k conditions on the codes already picked for this frame
-            steps = steps or DecodingSteps(self)
-            depth_cache = steps.depth_cache()
+            # Unrolled in one graph, the K steps see a growing cache of fixed shape at every step.
+            depth_cache = DynamicCache() if steps is None else steps.depth_cache()
+            depth_step = self.depth_decoder.step if steps is None else steps.depth_step
             projected = self.depth_decoder.in_proj(frame_state)
         picked: list[torch.Tensor] = []
         all_scores, all_logits = [], []
@@ -621,15 +645,16 @@ class WhisperGPTGenerationMixin(GenerationMixin):
                 logits = self.lm_head(frame_state)
             else:
                 previous = picked[-1][:, 0] if picked else None
-                logits = steps.depth(projected, previous, codebook, depth_cache)
+                logits = depth_step(projected, previous, codebook, depth_cache)
             logits = logits.float()
             scores = logits
+            codes_so_far = None if history is None else history[:, codebook]
             for processor in codebook_processors[codebook]:  # called directly: LogitsProcessorList inspects
-                scores = processor(history[:, codebook], scores)  # signatures on every call
-            if do_sample:
-                code = torch.multinomial(scores.softmax(dim=-1), 1, generator=generator)
-            else:
+                scores = processor(codes_so_far, scores)  # signatures on every call
+            if uniforms is None:
                 code = scores.argmax(dim=-1, keepdim=True)
+            else:
+                code = draw_codes(scores, uniforms[:, codebook])
             picked.append(code)
             if keep_scores:
                 all_scores.append(scores)
@@ -640,6 +665,15 @@ class WhisperGPTGenerationMixin(GenerationMixin):
             torch.stack(all_scores, dim=1) if keep_scores else None,
             torch.stack(all_logits, dim=1) if keep_logits else None,
         )
+
+
+def draw_codes(scores: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
+    """Sample one code per row of ``scores`` (N, V) from softmax(scores) by inverting its CDF at ``uniforms`` (N,)
+    in [0, 1); returns (N, 1). A code of probability 0 is never drawn. Drawing the uniforms outside the decoding
+    step keeps eager and compiled steps on the same random stream, so both give the same codes for one seed."""
+    cdf = scores.softmax(dim=-1).cumsum(dim=-1)
+    targets = uniforms[:, None].to(cdf.dtype) * cdf[:, -1:]
+    return torch.searchsorted(cdf, targets, right=True).clamp_(max=scores.shape[-1] - 1)
 
 
 @dataclass
@@ -715,21 +749,15 @@ class _FrameLoop:
         window = _Window(codes, features if self.reads_mel else None, mask)
         if window.codes.shape[-1] > self.context:  # a prompt longer than the context: keep its newest frames
             window.crop(self.context - self.stride)
-        steps = DecodingSteps(model, config)
+        steps = DecodingSteps(model, config, self.codebook_processors, keep_scores, keep_logits)
         cache = steps.new_cache()
         frame_state = window.prefill(model, cache)
         current = length
         for step in range(max_new):
-            new_codes, step_scores, step_logits = model._sample_frame(
-                frame_state,
-                sequences[..., :current],
-                self.codebook_processors,
-                config.do_sample,
-                self.generator,
-                keep_scores,
-                keep_logits,
-                steps,
-            )
+            uniforms = None
+            if config.do_sample:
+                uniforms = torch.rand(batch_size, num_codebooks, generator=self.generator, device=codes.device)
+            new_codes, step_scores, step_logits = steps.sample(frame_state, sequences[..., :current], uniforms)
             if eos is not None:  # rows that ended go on with padding
                 new_codes = torch.where(unfinished[:, None], new_codes, pad)
             new_lengths += unfinished
@@ -794,31 +822,73 @@ class _Window:
 
 
 class DecodingSteps:
-    """How generate() runs one new frame through the decoder and one codebook through the depth decoder.
+    """How generate() runs one new frame: the decoder over its cache, then the picking of the frame's K codes.
 
-    Eager by default, with a `DynamicCache`. ``cache_implementation="static"`` gives both decoders caches of fixed
+    Eager by default, with `DynamicCache`s. ``cache_implementation="static"`` gives both decoders caches of fixed
     shape (the decoder's holds the context; the depth decoder's one slot per codebook, reset each frame), and the
     decoder's mask is built before the step, so every step sees tensors of the same shapes. A ``compile_config``
-    (with the static cache) then runs both steps through `torch.compile` with its settings; where compiling fails
-    (no C++ compiler, an unsupported backend), a one-line warning says so and the steps run eagerly.
+    (with the static cache) then runs, through `torch.compile` with its settings, the decoder step and the picking
+    of a frame's codes as one graph each: the K depth steps unrolled, the logits processors and `draw_codes` inside,
+    so a frame costs two compiled calls. Processors that read the codes so far (repetition penalty, n-gram bans, the
+    EOS ones; see `SCORE_ONLY_PROCESSORS`) change shape every frame: with them the codes are picked eagerly, and a
+    one-line warning says so. Where compiling fails (no C++ compiler, an unsupported backend), a one-line warning
+    says so and the steps run eagerly.
     """
 
-    def __init__(self, model: Any, config: GenerationConfig | None = None):
+    def __init__(
+        self,
+        model: Any,
+        config: GenerationConfig | None = None,
+        codebook_processors: list[list[LogitsProcessor]] | None = None,
+        keep_scores: bool = False,
+        keep_logits: bool = False,
+    ):
         self.model = model
         self.use_cache = True if config is None else bool(config.use_cache)
         self.static = config is not None and config.cache_implementation == "static"
+        self.codebook_processors = codebook_processors or [[] for _ in range(model.config.num_codebooks)]
+        self.keep_scores, self.keep_logits = keep_scores, keep_logits
         self._depth_cache: Cache | None = None
         self.frame_step = model.decoding_step
         self.depth_step = model.depth_decoder.step if model.config.num_codebooks > 1 else None
-        # A compiled depth step takes the codebook as a tensor, so one graph serves every codebook after the first.
-        self.codebook_index: list[int] | list[torch.Tensor] = list(range(model.config.num_codebooks))
+        self._compiled_frame_codes: Callable[[torch.Tensor, torch.Tensor | None], tuple] | None = None
         if self.static and config.compile_config is not None and not config.disable_compile:
-            self.codebook_index = [torch.tensor(k, device=model.device) for k in self.codebook_index]
             settings = config.compile_config.to_dict()
             options = {key: settings[key] for key in ("fullgraph", "dynamic", "backend", "mode", "options")}
             self.frame_step = _eager_fallback(torch.compile(model.decoding_step, **options), model.decoding_step)
-            if self.depth_step is not None:
-                self.depth_step = _eager_fallback(torch.compile(self.depth_step, **options), self.depth_step)
+            history_readers = sorted(
+                {
+                    type(processor).__name__
+                    for processors in self.codebook_processors
+                    for processor in processors
+                    if not isinstance(processor, SCORE_ONLY_PROCESSORS)
+                }
+            )
+            if history_readers:
+                logger.warning(
+                    f"compile_config: {', '.join(history_readers)} read the codes generated so far, so each frame's "
+                    "codes are picked eagerly (the decoder step is still compiled)."
+                )
+            else:
+                self._compiled_frame_codes = _eager_fallback(
+                    torch.compile(self._frame_codes, **options), self._frame_codes
+                )
+
+    def _frame_codes(self, frame_state: torch.Tensor, uniforms: torch.Tensor | None) -> tuple:
+        """`_sample_frame` with score-only processors: a function of the state and the draws alone."""
+        return self.model._sample_frame(
+            frame_state, None, self.codebook_processors, uniforms, self.keep_scores, self.keep_logits
+        )
+
+    def sample(
+        self, frame_state: torch.Tensor, history: torch.Tensor, uniforms: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """The next frame's codes (N, K) and, when kept, its scores and logits (N, K, V): `_sample_frame`."""
+        if self._compiled_frame_codes is not None:
+            return self._compiled_frame_codes(_fresh_strides(frame_state), uniforms)
+        return self.model._sample_frame(
+            frame_state, history, self.codebook_processors, uniforms, self.keep_scores, self.keep_logits, self
+        )
 
     def new_cache(self, previous: Cache | None = None) -> Cache | None:
         """The decoder's cache for a new window (None without a cache); a static one is reused, reset."""
@@ -845,8 +915,8 @@ class DecodingSteps:
             mask = create_causal_mask(
                 config=self.model.config, inputs_embeds=shape, attention_mask=mask, cache=cache, position_ids=positions
             )
-            codes, positions = codes.contiguous(), positions.contiguous()
-            features = None if features is None else features.contiguous()
+            codes, positions = _fresh_strides(codes), _fresh_strides(positions)
+            features = None if features is None else _fresh_strides(features)
         return self.frame_step(codes, features, mask, positions, cache)
 
     def depth_cache(self) -> Cache:
@@ -858,11 +928,12 @@ class DecodingSteps:
         self._depth_cache.reset()
         return self._depth_cache
 
-    def depth(
-        self, projected: torch.Tensor, previous: torch.Tensor | None, codebook: int, cache: Cache
-    ) -> torch.Tensor:
-        """Logits (N, V) of one codebook: `WhisperGPTDepthDecoder.step`."""
-        return self.depth_step(projected, previous, self.codebook_index[codebook], cache)
+
+def _fresh_strides(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` with the default strides of its shape. A compiled step is specialised on strides, and a slice
+    such as ``x[:, -1:]`` keeps the strides of ``x``, whose length grows every frame (``contiguous()`` returns
+    such a slice as it is when its sliced dimension has size 1)."""
+    return tensor.clone(memory_format=torch.contiguous_format)
 
 
 def _eager_fallback(compiled: Any, eager: Any) -> Any:

@@ -192,20 +192,17 @@ class WhisperGPTDepthDecoder(nn.Module):
         self,
         projected_states: torch.Tensor,
         previous_code: torch.Tensor | None,
-        codebook: int | torch.Tensor,
+        codebook: int,
         cache: Cache,
     ) -> torch.Tensor:
         """Logits (N, V) of codebook ``codebook`` when sampling, one codebook per call with a KV cache
-        (a `DynamicCache`, or `static_cache()` for a step that compiles).
+        (a `DynamicCache`, or the fixed-shape `static_cache()`).
 
         ``projected_states`` is ``in_proj(frame_states)`` (N, D); ``previous_code`` (N,) the code just picked for
-        codebook - 1 (None for codebook 0); ``codebook`` an int or a 0-d tensor (one compiled graph for all).
+        codebook - 1 (None for codebook 0); ``codebook`` the codebook's index.
         Equals ``forward(...)[:, codebook]`` with the codes picked so far.
         """
-        if isinstance(codebook, torch.Tensor):  # looked up, not indexed: indexing by a tensor specialises on its value
-            position, head = self.codebook_positions(codebook), self.heads.index_select(0, codebook.view(1))[0]
-        else:
-            position, head = self.codebook_positions.weight[codebook], self.heads[codebook]
+        position, head = self.codebook_positions.weight[codebook], self.heads[codebook]
         inputs = projected_states + position
         if previous_code is not None:
             inputs = inputs + self.code_embeddings(previous_code + (codebook - 1) * self.codebook_size)
