@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import sys
+from unittest import mock
 
 import pytest
 import torch
@@ -19,6 +20,7 @@ from whisper_gpt.generation_whisper_gpt import (
     REFUSED_ARGUMENTS,
     REFUSED_FIELDS,
     CodecMelSource,
+    DecodingSteps,
     ExemplarMelSource,
     MelFrameSource,
 )
@@ -561,6 +563,27 @@ def test_compiled_static_decoding_steps_give_the_eager_codes():
     torch.testing.assert_close(compiled, eager, atol=0, rtol=0)
     with pytest.raises(ValueError, match='cache_implementation="static"'):
         model.generate(codes, **kwargs, compile_config=CompileConfig(backend="eager"))
+
+
+def test_a_static_cache_sized_to_the_continuation_gives_the_codes_of_the_dynamic_one(tiny_processor):
+    # 15 prompt frames + 30 new ones in a 300-frame context: the static cache gets 64 slots, not 300.
+    model = make_model(max_position_embeddings=300)
+    batch = prompt(tiny_processor, seconds=(0.2, 0.1))
+    sizes = []
+    new_cache = DecodingSteps.new_cache
+
+    def recording(self, previous=None, frames=None):
+        cache = new_cache(self, previous, frames)
+        sizes.append(cache.get_max_length())
+        return cache
+
+    kwargs = dict(max_new_tokens=30, do_sample=True, generator=torch.Generator().manual_seed(2))
+    dynamic = generate(model, tiny_processor, batch, **kwargs)
+    kwargs["generator"] = torch.Generator().manual_seed(2)
+    with mock.patch.object(DecodingSteps, "new_cache", recording):
+        static = generate(model, tiny_processor, batch, cache_implementation="static", **kwargs)
+    torch.testing.assert_close(static, dynamic, atol=0, rtol=0)
+    assert sizes == [64]
 
 
 def test_a_compiled_frame_samples_the_eager_codes_for_one_seed(caplog):

@@ -750,7 +750,7 @@ class _FrameLoop:
         if window.codes.shape[-1] > self.context:  # a prompt longer than the context: keep its newest frames
             window.crop(self.context - self.stride)
         steps = DecodingSteps(model, config, self.codebook_processors, keep_scores, keep_logits)
-        cache = steps.new_cache()
+        cache = steps.new_cache(frames=min(self.context, window.codes.shape[-1] + max_new))
         frame_state = window.prefill(model, cache)
         current = length
         for step in range(max_new):
@@ -890,8 +890,12 @@ class DecodingSteps:
             frame_state, history, self.codebook_processors, uniforms, self.keep_scores, self.keep_logits, self
         )
 
-    def new_cache(self, previous: Cache | None = None) -> Cache | None:
-        """The decoder's cache for a new window (None without a cache); a static one is reused, reset."""
+    def new_cache(self, previous: Cache | None = None, frames: int | None = None) -> Cache | None:
+        """The decoder's cache for a new window (None without a cache); a static one is reused, reset.
+
+        ``frames``: the most the window will hold (default: the context). A static cache gets the smallest power
+        of two from 64 up that holds them, at most the context: every step attends over all its slots, so a short
+        continuation should not pay for the whole context, and a few sizes keep the compiled graphs few."""
         if not self.use_cache:
             return None
         if not self.static:
@@ -899,7 +903,9 @@ class DecodingSteps:
         if previous is not None:
             previous.reset()
             return previous
-        return StaticCache(config=self.model.config, max_cache_len=self.model.config.max_position_embeddings)
+        context = self.model.config.max_position_embeddings
+        slots = context if frames is None else min(context, max(64, 1 << (frames - 1).bit_length()))
+        return StaticCache(config=self.model.config, max_cache_len=slots)
 
     def frame(
         self,
