@@ -1,4 +1,4 @@
-"""Generation real-time factor with the codec in the loop (issue 3 item 8).
+"""Generation real-time factor with the codec in the loop, eager vs static cache vs compiled.
 
 RTF = seconds of audio generated per second, per stream: ``(new_frames / 75) / time`` for one
 ``model.generate(...)`` call (prompt prefill included), from the median CPU time of the interleaved
@@ -15,18 +15,36 @@ Models (paper size, random weights; speed does not depend on the weights):
 * ``hybrid_k8_exemplar_mel`` (when the package has it): `paper_hybrid(num_codebooks=8)` with ``mel_source="exemplar"``:
   each new frame's mel is the codec's exemplar frame of its codebook-0 code (a table look-up, no codec in the loop).
 
+Decoding modes, for the hybrids with the codec in the loop and with exemplar mel (K=1 and K=8, batch 1 and 8):
+
+* ``eager``: the default ``generate()`` (dynamic KV cache);
+* ``static``: ``cache_implementation="static"`` (both decoders on fixed-shape caches, still eager);
+* ``compiled``: the static cache plus ``compile_config=CompileConfig(fullgraph=True, dynamic=False)`` (the decoder
+  step and the picking of a frame's codes through `torch.compile`; the codec step stays eager). Its first call,
+  which compiles with a cold inductor cache in a temporary folder, is timed apart as ``compile_s`` (first call
+  minus a timed call); the timed calls reuse the compiled graphs. ``--quick`` compiles with the ``eager`` backend
+  (Dynamo's tracing without code generation) for hybrid K=8 batch 1 only: it checks the plumbing.
+
+``*_static_speedup`` / ``*_compiled_speedup`` = eager time / that mode's time (median of per-round CPU-time
+ratios), so ``hybrid_k8_b1_compiled_speedup`` is the compiled path's gain for hybrid K=8, batch 1, codec in the
+loop. ``same_codes_as_eager`` says whether one seed gave the eager codes (sampling draws its uniforms from the
+generator outside the compiled step, so it should).
+
 Codec: the real 24 kHz EnCodec architecture (`transformers.EncodecConfig()`) with random weights, 8 codebooks
 (6 kbps). Prompt: 1 s of audio through the processor. Sampling: ``do_sample=True, top_k=50`` with a seeded
 generator. Cases are interleaved; each is a full generate() call.
 
-    python benchmarks/generation.py [--quick] [--threads 1] [--new-frames 75] [--new-frames-b8 20]
+    python benchmarks/generation.py [--quick] [--threads 1] [--new-frames 75] [--new-frames-b8 20] [--no-modes]
 """
 
 from __future__ import annotations
 
 import argparse
 import inspect
+import os
 import sys
+import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +60,7 @@ from benchmarks.common import (
     machine_info,
     random_weight_codec,
     ratio,
+    ratio_detail,
     setup_torch,
     summary,
     synthetic_audio,
@@ -49,7 +68,12 @@ from benchmarks.common import (
 
 PROMPT_SECONDS = 1.0
 # The cases whose new mel frames come from elsewhere than the codec's decoder.
-MEL_SOURCES = {"hybrid_k8_learned_mel": "learned", "hybrid_k8_exemplar_mel": "exemplar"}
+MEL_SOURCES = {
+    "hybrid_k8_learned_mel": "learned",
+    "hybrid_k1_exemplar_mel": "exemplar",
+    "hybrid_k8_exemplar_mel": "exemplar",
+}
+MODES = ("eager", "static", "compiled")
 
 
 def build_models(quick: bool, exemplars: bool) -> dict[str, Any]:
@@ -65,13 +89,22 @@ def build_models(quick: bool, exemplars: bool) -> dict[str, Any]:
     }
     if hasattr(WhisperGPTConfig(), "use_mel_head"):
         configs["hybrid_k8_learned_mel"] = WhisperGPTConfig.paper_hybrid(num_codebooks=8, use_mel_head=True)
-    if exemplars:
-        configs["hybrid_k8_exemplar_mel"] = WhisperGPTConfig.paper_hybrid(num_codebooks=8)
     models = {}
     for name, config in configs.items():
         torch.manual_seed(0)
         models[name] = WhisperGPTForCausalLM(config).eval()
+    if exemplars:  # the same weights with another mel source (compiled graphs are shared, not compiled twice)
+        models["hybrid_k1_exemplar_mel"] = models["hybrid_k1"]
+        models["hybrid_k8_exemplar_mel"] = models["hybrid_k8"]
     return models
+
+
+def mode_cases(models: dict[str, Any], quick: bool) -> list[tuple[str, int, str]]:
+    """(model, batch size, mode) of every non-eager case: the hybrids with codec and exemplar mel."""
+    if quick:
+        return [("hybrid_k8", 1, "static"), ("hybrid_k8", 1, "compiled")]
+    names = ("hybrid_k1", "hybrid_k8", "hybrid_k1_exemplar_mel", "hybrid_k8_exemplar_mel")
+    return [(name, b, mode) for name in names if name in models for b in (1, 8) for mode in MODES[1:]]
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -100,10 +133,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         clips = [synthetic_audio(PROMPT_SECONDS, seed=seed) for seed in range(batch_size)]
         prompts[batch_size] = processor(audio=clips, sampling_rate=24_000)
 
-    def case(name: str, batch_size: int):
+    from transformers import CompileConfig
+
+    compile_config = CompileConfig(fullgraph=True, dynamic=False, **({"backend": "eager"} if args.quick else {}))
+    codes: dict[str, Any] = {}
+
+    def case(name: str, batch_size: int, mode: str = "eager"):
         model = models[name]
         prompt = dict(prompts[batch_size])
         kwargs: dict[str, Any] = {"max_new_tokens": new_frames[batch_size], "do_sample": True, "top_k": 50}
+        if mode != "eager":
+            kwargs["cache_implementation"] = "static"
+        if mode == "compiled":
+            kwargs["compile_config"] = compile_config
+        label = f"{name}_b{batch_size}" + ("" if mode == "eager" else f"_{mode}")
         if name.startswith("hybrid"):
             kwargs["audio_tokenizer"] = tokenizer
             if has_mel_source:
@@ -115,16 +158,39 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             generator = torch.Generator().manual_seed(0)
             out = model.generate(**prompt, generator=generator, **kwargs)
             assert out.shape[-1] >= new_frames[batch_size]
+            codes[label] = out
 
-        return generate
+        return label, generate
 
     cases = {}
     for batch_size in (1, 8):
         for name in models:
             if name.endswith("learned_mel") and not has_mel_source:
                 continue
-            cases[f"{name}_b{batch_size}"] = case(name, batch_size)
-    times = interleaved(cases, repeats=repeats, warmup=0, log=log)
+            if name == "hybrid_k1_exemplar_mel" and args.no_modes:
+                continue
+            label, generate = case(name, batch_size)
+            cases[label] = generate
+    first_call: dict[str, dict[str, float]] = {}
+    cache_before = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    try:
+        with tempfile.TemporaryDirectory(prefix="inductor-cold-") as cache:
+            # A cold cache: the compile time is what the first generate() on a machine pays.
+            os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache
+            for name, batch_size, mode in [] if args.no_modes else mode_cases(models, args.quick):
+                label, generate = case(name, batch_size, mode)
+                cases[label] = generate
+                if mode == "compiled":
+                    log(f"first call of {label} (compiles)")
+                    cpu, wall = time.process_time(), time.perf_counter()
+                    generate()
+                    first_call[label] = {"cpu_s": time.process_time() - cpu, "wall_s": time.perf_counter() - wall}
+            times = interleaved(cases, repeats=repeats, warmup=0, log=log)
+    finally:
+        if cache_before is None:
+            os.environ.pop("TORCHINDUCTOR_CACHE_DIR", None)
+        else:
+            os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache_before
 
     result: dict[str, Any] = {
         "setup": {
@@ -137,12 +203,22 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "mel_source": "codec for hybrid_k1/hybrid_k8" if has_mel_source else "codec (only option)",
             "interleaved_repeats": repeats,
             "warmup": "none: one generate() call is many steps long",
+            "modes": "none (--no-modes)"
+            if args.no_modes
+            else {
+                "eager": "generate() defaults (dynamic cache)",
+                "static": 'cache_implementation="static"',
+                "compiled": 'cache_implementation="static", '
+                f"compile_config=CompileConfig(fullgraph=True, dynamic=False, backend={compile_config.backend!r})",
+                "compile_s": "first compiled call minus the median timed one, cold inductor cache",
+            },
             "quick": bool(args.quick),
         },
         "cases": {},
     }
     for name, seconds in times.items():
-        batch_size = int(name.rsplit("_b", 1)[1])
+        eager_name = name.removesuffix("_static").removesuffix("_compiled")
+        batch_size = int(eager_name.rsplit("_b", 1)[1])
         entry = summary(seconds)
         generated = new_frames[batch_size] / AUDIO_FRAME_RATE
         entry["batch_size"] = batch_size
@@ -150,6 +226,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         entry["rtf"] = round(generated / entry["cpu_median_s"], 4)
         entry["rtf_wall"] = round(generated / entry["median_s"], 4)
         entry["rtf_total"] = round(batch_size * generated / entry["cpu_median_s"], 4)
+        entry["frames_per_s"] = round(batch_size * new_frames[batch_size] / entry["cpu_median_s"], 2)
+        if eager_name != name:
+            entry["speedup_vs_eager"] = ratio_detail(times[eager_name], seconds)
+            same_shape = codes[name].shape == codes[eager_name].shape
+            entry["same_codes_as_eager"] = same_shape and bool((codes[name] == codes[eager_name]).all())
+        if name in first_call:
+            entry["compile_s"] = round(first_call[name]["wall_s"] - entry["median_s"], 2)
+            entry["first_call_s"] = round(first_call[name]["wall_s"], 2)
         result["cases"][name] = entry
     for name, entry in result["cases"].items():
         result[f"{name}_rtf"] = entry["rtf"]
@@ -157,11 +241,23 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for b in (1, 8):
             hybrid, token = times[f"hybrid_k{k}_b{b}"], times[f"token_k{k}_b{b}"]
             result[f"hybrid_vs_token_k{k}_b{b}_time_ratio"] = ratio(hybrid, token)
+    for name, entry in result["cases"].items():
+        if "speedup_vs_eager" in entry:
+            result[f"{name}_speedup"] = entry["speedup_vs_eager"]["cpu"]
     result["real_time_target_hybrid_k8_b1"] = {
         "target_rtf": 1.0,
         "measured_rtf": result["hybrid_k8_b1_rtf"],
         "met": result["hybrid_k8_b1_rtf"] >= 1.0,
     }
+    if "hybrid_k8_b1_compiled" in result["cases"]:
+        compiled_rtf = result["hybrid_k8_b1_compiled_rtf"]
+        result["compiled_targets_hybrid_k8_b1"] = {
+            "speedup_needed": 1.5,
+            "speedup": result["hybrid_k8_b1_compiled_speedup"],
+            "rtf_needed": 1.0,
+            "rtf": compiled_rtf,
+            "met": result["hybrid_k8_b1_compiled_speedup"] >= 1.5 and compiled_rtf >= 1.0,
+        }
     result["machine"] = machine_info()
     return result
 
@@ -171,6 +267,7 @@ def parser() -> argparse.ArgumentParser:
     add_common_arguments(parser)
     parser.add_argument("--new-frames", type=int, default=None, help="frames generated at batch 1 (default 75)")
     parser.add_argument("--new-frames-b8", type=int, default=None, help="frames generated at batch 8 (default 20)")
+    parser.add_argument("--no-modes", action="store_true", help="eager generate() only: no static or compiled cases")
     return parser
 
 

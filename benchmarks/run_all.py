@@ -35,6 +35,8 @@ SUMMARY_KEYS = {
         "spectrogram_overhead_k8": "spectrogram_overhead_k8",
         "depth_transformer_overhead": "depth_transformer_overhead",
         "memory_ratio_hybrid_vs_token_only": "memory_ratio_hybrid_vs_token_only",
+        "hybrid_compiled_speedup": "hybrid_compiled_speedup",
+        "token_only_compiled_speedup": "token_only_compiled_speedup",
     },
     "context": {
         "speedup_5s": "speedup_5s",
@@ -65,6 +67,12 @@ SUMMARY_KEYS = {
         "token_k1_b8_rtf": "token_k1_b8_rtf",
         "hybrid_k8_learned_mel_b1_rtf": "hybrid_k8_learned_mel_b1_rtf",
         "hybrid_k8_exemplar_mel_b1_rtf": "hybrid_k8_exemplar_mel_b1_rtf",
+        "hybrid_k8_b1_compiled_speedup": "hybrid_k8_b1_compiled_speedup",
+        "hybrid_k8_b1_static_speedup": "hybrid_k8_b1_static_speedup",
+        "hybrid_k8_b1_compiled_rtf": "hybrid_k8_b1_compiled_rtf",
+        "hybrid_k1_b1_compiled_speedup": "hybrid_k1_b1_compiled_speedup",
+        "hybrid_k8_b8_compiled_speedup": "hybrid_k8_b8_compiled_speedup",
+        "hybrid_k8_exemplar_mel_b1_compiled_speedup": "hybrid_k8_exemplar_mel_b1_compiled_speedup",
     },
 }
 REQUIRED_KEYS = (
@@ -76,6 +84,7 @@ REQUIRED_KEYS = (
     "features.processor_rtf",
     "generation.hybrid_k8_b1_rtf",
     "generation.hybrid_k1_b1_rtf",
+    "generation.hybrid_k8_b1_compiled_speedup",
     "machine",
 )
 
@@ -179,6 +188,8 @@ def markdown(result: dict[str, Any]) -> str:
         "training.spectrogram_overhead_k8": "the same at K=8 (depth transformer)",
         "training.depth_transformer_overhead": "token-only K=8 step time / token-only K=1 step time",
         "training.memory_ratio_hybrid_vs_token_only": "peak step memory, hybrid / token-only",
+        "training.hybrid_compiled_speedup": "eager / torch.compile training step time, hybrid (>= 1.2: --compile)",
+        "training.token_only_compiled_speedup": "the same for the token-only model",
         "context.speedup_5s": "flattened K=8 token LM time / hybrid time, forward+backward, 5 s",
         "context.speedup_10s": "the same for 10 s of audio",
         "context.speedup_20s": "the same for 20 s of audio",
@@ -203,6 +214,13 @@ def markdown(result: dict[str, Any]) -> str:
         "generation.token_k1_b8_rtf": "token-only K=1, batch 8, per stream",
         "generation.hybrid_k8_learned_mel_b1_rtf": 'hybrid K=8 with mel_source="learned" (no codec), batch 1',
         "generation.hybrid_k8_exemplar_mel_b1_rtf": 'hybrid K=8 with mel_source="exemplar" (no codec), batch 1',
+        "generation.hybrid_k8_b1_compiled_speedup": "hybrid K=8 b1 codec in the loop: eager / compiled time "
+        "(target >= 1.5)",
+        "generation.hybrid_k8_b1_static_speedup": "the same, eager / static cache without compiling",
+        "generation.hybrid_k8_b1_compiled_rtf": "compiled hybrid K=8 b1, codec in the loop, x real time (target >= 1)",
+        "generation.hybrid_k1_b1_compiled_speedup": "hybrid K=1 b1: eager / compiled time",
+        "generation.hybrid_k8_b8_compiled_speedup": "hybrid K=8 b8: eager / compiled time",
+        "generation.hybrid_k8_exemplar_mel_b1_compiled_speedup": "hybrid K=8 b1, exemplar mel: eager / compiled",
     }
     for section in ("training", "context", "features", "generation"):
         for key, value in result.get(section, {}).items():
@@ -224,6 +242,8 @@ def markdown(result: dict[str, Any]) -> str:
                 f"| {name} | {entry['params']:,} | {entry['cpu_median_s']:.3f} | {entry['median_s']:.3f} | "
                 f"{entry['frames_per_s']:,.0f} | {_fmt(memory)} |"
             )
+        if "compile" in training_result:
+            lines += ["", f"torch.compile: {training_result['compile']['decision']}"]
     if "context" in details:
         lines += [
             "",
@@ -261,8 +281,41 @@ def markdown(result: dict[str, Any]) -> str:
             rtf, total, wall = _fmt(entry["rtf"]), _fmt(entry["rtf_total"]), _fmt(entry.get("rtf_wall"))
             lines.append(f"| {name} | {entry['ms_per_frame']:.1f} | {rtf} | {total} | {wall} |")
         lines += ["", f"Codec: {setup['codec']}. Real time = 13.3 ms per frame (75 frames/s)."]
+        lines += _generation_modes(details["generation"])
     lines += ["", "Full figures: `docs/benchmarks.json` (`details` holds every script's output).", ""]
     return "\n".join(lines)
+
+
+def _generation_modes(generation: dict[str, Any]) -> list[str]:
+    """The eager / static / compiled table: one row per hybrid case that ran in every mode."""
+    cases = generation["cases"]
+    rows = [name for name in cases if f"{name}_static" in cases or f"{name}_compiled" in cases]
+    if not rows:
+        return []
+    lines = [
+        "",
+        "### Eager vs static cache vs compiled (CPU ms per frame; speed-up = eager / mode, median of rounds)",
+        "",
+        "| case | eager | static | compiled | static speed-up | compiled speed-up | compiled x real time | "
+        "compile s | same codes |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name in rows:
+        static, compiled = cases.get(f"{name}_static", {}), cases.get(f"{name}_compiled", {})
+
+        def cell(entry: dict[str, Any], key: str) -> str:
+            value = entry.get(key)
+            return _fmt(value["cpu"] if isinstance(value, dict) else value)
+
+        same = [entry["same_codes_as_eager"] for entry in (static, compiled) if "same_codes_as_eager" in entry]
+        lines.append(
+            f"| {name} | {cases[name]['ms_per_frame']:.1f} | {cell(static, 'ms_per_frame')} | "
+            f"{cell(compiled, 'ms_per_frame')} | {cell(static, 'speedup_vs_eager')} | "
+            f"{cell(compiled, 'speedup_vs_eager')} | {cell(compiled, 'rtf')} | {cell(compiled, 'compile_s')} | "
+            f"{'yes' if same and all(same) else 'no'} |"
+        )
+    lines += ["", f"Compiled: {generation['setup']['modes']['compiled']}; the codec step stays eager."]
+    return lines
 
 
 def check_required(result: dict[str, Any]) -> list[str]:

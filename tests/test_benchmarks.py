@@ -23,6 +23,7 @@ REQUIRED = (
     "features.processor_rtf",
     "generation.hybrid_k8_b1_rtf",
     "generation.hybrid_k1_b1_rtf",
+    "generation.hybrid_k8_b1_compiled_speedup",
 )
 MACHINE_KEYS = ("cpu_model", "cpu_cores", "torch_threads", "torch_version")
 
@@ -81,9 +82,16 @@ def test_run_all_quick_writes_json_and_markdown(tmp_path) -> None:
         assert details["features"]["cases"][case]["rtf"] > 0
     for case in ("hybrid_k1_b1", "hybrid_k8_b1", "token_k1_b1", "token_k8_b1", "hybrid_k8_b8", "token_k8_b8"):
         assert details["generation"]["cases"][case]["rtf"] > 0
+    for mode in ("static", "compiled"):
+        entry = details["generation"]["cases"][f"hybrid_k8_b1_{mode}"]
+        assert entry["same_codes_as_eager"] is True  # one seed, the eager codes
+        assert entry["speedup_vs_eager"]["cpu"] > 0
+    assert details["generation"]["cases"]["hybrid_k8_b1_compiled"]["first_call_s"] > 0
 
     table = (tmp_path / "benchmarks.md").read_text()
     assert "| `generation.hybrid_k8_b1_rtf` |" in table
+    assert "| `generation.hybrid_k8_b1_compiled_speedup` |" in table
+    assert "| hybrid_k8_b1 |" in table.split("### Eager vs static cache vs compiled")[1]
     assert machine["cpu_model"] in table
 
 
