@@ -121,3 +121,15 @@ def test_training_compile_decision_follows_the_measured_speedup() -> None:
     # Why not, in the measured figures: the ratio, the best variant, the compile time and where the time goes.
     for figure in ("hybrid: compiled_model 1.04x", "best variant 1.05x", "45 s of compile", "50% matmul"):
         assert figure in slow
+
+
+def test_generation_benchmark_refuses_a_cuda_device_it_does_not_have() -> None:
+    import pytest
+    import torch
+
+    from benchmarks import generation
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA device: the refusal is for machines without one")
+    with pytest.raises(ValueError, match="needs a CUDA device"):
+        generation.run(generation.parser().parse_args(["--quick", "--device", "cuda"]))
