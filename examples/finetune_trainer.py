@@ -108,6 +108,7 @@ def finetune(
         compute_metrics=compute_metrics,
         preprocess_logits_for_metrics=preprocess_logits_for_metrics,
         optimizers=(build_optimizer(model, learning_rate, weight_decay), None),
+        processing_class=processor,  # save_model (and any checkpoint) saves it with the model
     )
     trainer.train()
     metrics = trainer.evaluate()
@@ -115,7 +116,6 @@ def finetune(
     partial = final.with_name(".final.partial")
     shutil.rmtree(partial, ignore_errors=True)  # left by a killed earlier save
     trainer.save_model(str(partial))
-    processor.save_pretrained(str(partial))
     (partial / "eval_results.json").write_text(json.dumps(metrics, indent=2) + "\n")
     replace_folder(partial, final)
     return metrics

@@ -205,6 +205,8 @@ def test_trainer_fine_tuning(setup, trained):
     assert 0 <= metrics["eval_accuracy"] <= 1 and metrics["eval_codebook_0_nll"] == metrics["eval_nll"]
     assert metrics["eval_nll"] == pytest.approx(metrics["eval_loss"], abs=0.05)  # token- vs batch-weighted mean
     assert WhisperGPTForCausalLM.from_pretrained(setup / "finetuned" / "final").config.use_cache
+    # Trainer(processing_class=processor) saved the processor with the model.
+    assert WhisperGPTProcessor.from_pretrained(setup / "finetuned" / "final").audio_tokenizer.num_codebooks >= 1
 
 
 def test_bad_training_settings_are_refused(setup):
