@@ -608,6 +608,45 @@ def test_a_compiled_frame_samples_the_eager_codes_for_one_seed(caplog):
     assert "RepetitionPenaltyLogitsProcessor read the codes generated so far" in caplog.text
 
 
+@pytest.mark.parametrize("mel_source", ["codec", "exemplar", "learned"])
+def test_compiled_generation_gives_the_eager_codes_for_every_mel_source_batched_and_streamed(
+    tiny_processor, mel_source, caplog
+):
+    from transformers import CompileConfig
+
+    processor = copy.deepcopy(tiny_processor)
+    table = torch.randn(TINY_CODEBOOK_SIZE, TINY_MEL_BINS, generator=torch.Generator().manual_seed(0))
+    processor.audio_tokenizer.set_mel_exemplars(table, processor.feature_extractor)
+    model = make_model(num_codebooks=2, use_mel_head=mel_source == "learned", max_position_embeddings=32)
+    compiled = dict(
+        cache_implementation="static",
+        compile_config=CompileConfig(fullgraph=True, backend="eager", dynamic=False, mode=None),
+    )
+
+    def run(batch, **extra):
+        return generate(
+            model,
+            processor,
+            batch,
+            mel_source=mel_source,
+            max_new_tokens=30,
+            do_sample=True,
+            top_k=8,
+            generator=torch.Generator().manual_seed(3),
+            **extra,
+        )
+
+    batch = prompt(processor, seconds=(0.2, 0.1))  # different lengths; 15 + 30 frames slide past the context
+    torch.testing.assert_close(run(batch, **compiled), run(batch), atol=0, rtol=0)
+    single = prompt(processor, seconds=(0.1,))
+    eager_streamer, compiled_streamer = Recorder(), Recorder()
+    eager = run(single, streamer=eager_streamer)
+    torch.testing.assert_close(run(single, streamer=compiled_streamer, **compiled), eager, atol=0, rtol=0)
+    assert len(compiled_streamer.puts) == len(eager_streamer.puts) == 31
+    torch.testing.assert_close(torch.cat(compiled_streamer.puts, dim=-1), eager, atol=0, rtol=0)
+    assert "torch.compile failed" not in caplog.text  # the compiled steps ran, not the eager fallback
+
+
 def test_draw_codes_inverts_the_cdf_and_never_draws_an_impossible_code():
     from whisper_gpt.generation_whisper_gpt import draw_codes
 
