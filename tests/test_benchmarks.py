@@ -133,3 +133,17 @@ def test_generation_benchmark_refuses_a_cuda_device_it_does_not_have() -> None:
         pytest.skip("this machine has a CUDA device: the refusal is for machines without one")
     with pytest.raises(ValueError, match="needs a CUDA device"):
         generation.run(generation.parser().parse_args(["--quick", "--device", "cuda"]))
+
+
+def test_generation_breakdown_pieces_add_up_to_the_call(capsys) -> None:
+    from benchmarks import generation_breakdown
+
+    result = generation_breakdown.main(["--quick"])
+    assert json.loads(capsys.readouterr().out) == result
+    for mode, pieces in result["ms_per_frame"].items():
+        assert pieces["same_codes_as_eager"] is True, mode
+        timed = [pieces[piece] for piece in generation_breakdown.PIECES]
+        assert all(value >= 0 for value in timed[:-1]) and pieces["codec_step"] > 0 and pieces["code_picking"] > 0
+        # One call's pieces add up to it exactly; medians over one quick repeat are that call's.
+        assert abs(sum(timed) - pieces["total"]) < 0.01
+    assert result["compiled_speedup"] > 0
