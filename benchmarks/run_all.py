@@ -314,7 +314,12 @@ def _generation_modes(generation: dict[str, Any]) -> list[str]:
             f"{cell(compiled, 'speedup_vs_eager')} | {cell(compiled, 'rtf')} | {cell(compiled, 'compile_s')} | "
             f"{'yes' if same and all(same) else 'no'} |"
         )
-    lines += ["", f"Compiled: {generation['setup']['modes']['compiled']}; the codec step stays eager."]
+    lines += [
+        "",
+        f"Compiled: {generation['setup']['modes']['compiled']}; the codec step stays eager. Compile s: the first "
+        "call's extra time with a cold inductor cache; near 0 for the exemplar rows, which reuse the graphs compiled "
+        "for the codec row of the same model and batch.",
+    ]
     return lines
 
 
