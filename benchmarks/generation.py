@@ -34,7 +34,8 @@ Codec: the real 24 kHz EnCodec architecture (`transformers.EncodecConfig()`) wit
 (6 kbps). Prompt: 1 s of audio through the processor. Sampling: ``do_sample=True, top_k=50`` with a seeded
 generator. Cases are interleaved; each is a full generate() call.
 
-    python benchmarks/generation.py [--quick] [--threads 1] [--new-frames 75] [--new-frames-b8 20] [--no-modes]
+    python benchmarks/generation.py [--quick] [--threads 1] [--new-frames 75] [--new-frames-b8 20]
+        [--modes static compiled]
         [--device cuda] [--dtype bfloat16]
 
 On a GPU (``--device cuda``; run it once with each ``--dtype``) the models, the codec and the prompts live on the
@@ -104,12 +105,12 @@ def build_models(quick: bool, exemplars: bool) -> dict[str, Any]:
     return models
 
 
-def mode_cases(models: dict[str, Any], quick: bool) -> list[tuple[str, int, str]]:
-    """(model, batch size, mode) of every non-eager case: the hybrids with codec and exemplar mel."""
+def mode_cases(models: dict[str, Any], quick: bool, modes: list[str]) -> list[tuple[str, int, str]]:
+    """(model, batch size, mode) of every non-eager case of ``modes``: the hybrids with codec and exemplar mel."""
     if quick:
-        return [("hybrid_k8", 1, "static"), ("hybrid_k8", 1, "compiled")]
+        return [("hybrid_k8", 1, mode) for mode in modes]
     names = ("hybrid_k1", "hybrid_k8", "hybrid_k1_exemplar_mel", "hybrid_k8_exemplar_mel")
-    return [(name, b, mode) for name in names if name in models for b in (1, 8) for mode in MODES[1:]]
+    return [(name, b, mode) for name in names if name in models for b in (1, 8) for mode in modes]
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -184,7 +185,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for name in models:
             if name.endswith("learned_mel") and not has_mel_source:
                 continue
-            if name == "hybrid_k1_exemplar_mel" and args.no_modes:
+            if name == "hybrid_k1_exemplar_mel" and not args.modes:
                 continue
             label, generate = case(name, batch_size)
             cases[label] = generate
@@ -194,7 +195,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         with tempfile.TemporaryDirectory(prefix="inductor-cold-") as cache:
             # A cold cache: the compile time is what the first generate() on a machine pays.
             os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache
-            for name, batch_size, mode in [] if args.no_modes else mode_cases(models, args.quick):
+            for name, batch_size, mode in mode_cases(models, args.quick, args.modes):
                 label, generate = case(name, batch_size, mode)
                 cases[label] = generate
                 if mode == "compiled":
@@ -220,14 +221,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "mel_source": "codec for hybrid_k1/hybrid_k8" if has_mel_source else "codec (only option)",
             "interleaved_repeats": repeats,
             "warmup": "none: one generate() call is many steps long",
-            "modes": "none (--no-modes)"
-            if args.no_modes
-            else {
+            "modes": {
                 "eager": "generate() defaults (dynamic cache)",
                 "static": 'cache_implementation="static"',
                 "compiled": 'cache_implementation="static", '
                 f"compile_config=CompileConfig(fullgraph=True, dynamic=False, backend={compile_config.backend!r})",
                 "compile_s": "first compiled call minus the median timed one, cold inductor cache",
+                "run": ["eager", *args.modes],
             },
             "device": str(device),
             "dtype": args.dtype,
@@ -287,7 +287,13 @@ def parser() -> argparse.ArgumentParser:
     add_common_arguments(parser)
     parser.add_argument("--new-frames", type=int, default=None, help="frames generated at batch 1 (default 75)")
     parser.add_argument("--new-frames-b8", type=int, default=None, help="frames generated at batch 8 (default 20)")
-    parser.add_argument("--no-modes", action="store_true", help="eager generate() only: no static or compiled cases")
+    parser.add_argument(
+        "--modes",
+        nargs="*",
+        choices=MODES[1:],
+        default=list(MODES[1:]),
+        help="modes timed beside eager (default: static compiled; none: eager only)",
+    )
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]: models, codec and prompts there")
     parser.add_argument(
         "--dtype", default="float32", choices=("float32", "bfloat16", "float16"), help="the models' dtype"
