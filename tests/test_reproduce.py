@@ -7,6 +7,8 @@ import argparse
 import copy
 import dataclasses
 import json
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -205,6 +207,15 @@ def test_the_report_re_renders_from_its_json(study):
     (docs / "results.md").unlink()
     render_report(docs)
     assert (docs / "results.md").read_text() == text and (docs / "results.json").read_text() == numbers
+
+
+def test_the_committed_report_is_what_its_json_renders_to(tmp_path):
+    # docs/results.md (findings included) must follow from docs/results.json alone, as the study wrote them.
+    docs = Path(__file__).resolve().parent.parent / "docs"
+    shutil.copy(docs / "results.json", tmp_path / "results.json")
+    figures = render_report(tmp_path)
+    assert (tmp_path / "results.md").read_text() == (docs / "results.md").read_text()
+    assert sorted(f.name for f in figures) == sorted(f.name for f in (docs / "figures").glob("validation_nll_*.png"))
 
 
 def synthetic_report(gpt_s, hybrid, gpt_l):
