@@ -161,3 +161,22 @@ def test_saved_datasets_that_cannot_be_used_are_one_line_errors(tiny_processor, 
     other.save_pretrained(tmp_path / "model")
     line = _one_line_error(capsys, ["evaluate", str(tmp_path / "model"), str(tmp_path / "prepared"), "--all-files"])
     assert "was prepared with another processor" in line
+
+
+def test_generate_compile_writes_the_eager_continuation(tiny_processor, tmp_path, caplog) -> None:
+    import numpy as np
+    import soundfile
+    from conftest import real_like_audio, tiny_config
+
+    from whisper_gpt import WhisperGPTForCausalLM
+
+    WhisperGPTForCausalLM(tiny_config(num_codebooks=2)).save_pretrained(tmp_path / "model")
+    tiny_processor.save_pretrained(tmp_path / "model")
+    soundfile.write(tmp_path / "prompt.wav", real_like_audio(0.1), 24000)
+    command = ["generate", str(tmp_path / "model"), str(tmp_path / "prompt.wav"), "--seconds", "0.2"]
+    main_run([*command, "--seed", "3", "--render", "codec", "--out", str(tmp_path / "eager.wav")])
+    main_run([*command, "--seed", "3", "--render", "codec", "--compile", "--out", str(tmp_path / "compiled.wav")])
+    # One seed, the same sampled codes through the compiled steps: the same audio.
+    np.testing.assert_array_equal(
+        soundfile.read(tmp_path / "compiled.wav")[0], soundfile.read(tmp_path / "eager.wav")[0]
+    )
