@@ -40,6 +40,7 @@ import re
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -159,6 +160,22 @@ class Timings:
 
     wall: list[float] = field(default_factory=list)
     cpu: list[float] = field(default_factory=list)
+
+
+@contextlib.contextmanager
+def cold_inductor_cache():
+    """Point torch's inductor cache at a new empty folder for the block, so a compile inside it costs what the
+    first run on a machine pays; the previous setting comes back afterwards."""
+    before = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    try:
+        with tempfile.TemporaryDirectory(prefix="inductor-cold-") as cache:
+            os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache
+            yield
+    finally:
+        if before is None:
+            os.environ.pop("TORCHINDUCTOR_CACHE_DIR", None)
+        else:
+            os.environ["TORCHINDUCTOR_CACHE_DIR"] = before
 
 
 def interleaved(

@@ -47,9 +47,7 @@ from __future__ import annotations
 
 import argparse
 import inspect
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -61,6 +59,7 @@ from benchmarks.common import (
     AUDIO_FRAME_RATE,
     add_common_arguments,
     codec_description,
+    cold_inductor_cache,
     interleaved,
     log,
     machine_info,
@@ -190,25 +189,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             label, generate = case(name, batch_size)
             cases[label] = generate
     first_call: dict[str, dict[str, float]] = {}
-    cache_before = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
-    try:
-        with tempfile.TemporaryDirectory(prefix="inductor-cold-") as cache:
-            # A cold cache: the compile time is what the first generate() on a machine pays.
-            os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache
-            for name, batch_size, mode in mode_cases(models, args.quick, args.modes):
-                label, generate = case(name, batch_size, mode)
-                cases[label] = generate
-                if mode == "compiled":
-                    log(f"first call of {label} (compiles)")
-                    cpu, wall = time.process_time(), time.perf_counter()
-                    generate()
-                    first_call[label] = {"cpu_s": time.process_time() - cpu, "wall_s": time.perf_counter() - wall}
-            times = interleaved(cases, repeats=repeats, warmup=0, log=log)
-    finally:
-        if cache_before is None:
-            os.environ.pop("TORCHINDUCTOR_CACHE_DIR", None)
-        else:
-            os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache_before
+    with cold_inductor_cache():  # the compile time is what the first generate() on a machine pays
+        for name, batch_size, mode in mode_cases(models, args.quick, args.modes):
+            label, generate = case(name, batch_size, mode)
+            cases[label] = generate
+            if mode == "compiled":
+                log(f"first call of {label} (compiles)")
+                cpu, wall = time.process_time(), time.perf_counter()
+                generate()
+                first_call[label] = {"cpu_s": time.process_time() - cpu, "wall_s": time.perf_counter() - wall}
+        times = interleaved(cases, repeats=repeats, warmup=0, log=log)
 
     result: dict[str, Any] = {
         "setup": {

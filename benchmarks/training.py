@@ -48,7 +48,6 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -61,6 +60,7 @@ from benchmarks.common import (
     REPO_ROOT,
     Timings,
     add_common_arguments,
+    cold_inductor_cache,
     interleaved,
     log,
     machine_info,
@@ -277,11 +277,8 @@ def run_compile(args: argparse.Namespace) -> dict[str, Any]:
     variants = ("eager", "compiled_model") if args.quick else COMPILE_VARIANTS
     threads_before = torch.get_num_threads()
     torch.set_num_threads(args.compile_threads)
-    cache_before = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
     try:
-        with tempfile.TemporaryDirectory(prefix="inductor-cold-") as cache:
-            # A cold cache: the compile time is what the first run on a machine pays.
-            os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache
+        with cold_inductor_cache():
             torch._dynamo.reset()
             steps: dict[str, PhasedStep] = {}
             compile_s: dict[str, dict[str, float]] = {name: {} for name in models}
@@ -303,10 +300,6 @@ def run_compile(args: argparse.Namespace) -> dict[str, Any]:
                 log(f"profiling one eager and one compiled step of {name}")
                 splits[name] = {v: profile_split(steps[f"{name}/{v}"]) for v in ("eager", "compiled_model")}
     finally:
-        if cache_before is None:
-            os.environ.pop("TORCHINDUCTOR_CACHE_DIR", None)
-        else:
-            os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache_before
         torch.set_num_threads(threads_before)
 
     result: dict[str, Any] = {
