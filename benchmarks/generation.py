@@ -119,6 +119,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     setup_torch(args.threads)
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device {args.device}: only cpu and cuda are timed here (CUDA calls are synchronised).")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda needs a CUDA device; this machine has none (use --device cpu).")
     # On a GPU the host's CPU time says nothing about the device's work: time the wall clock (synchronised).

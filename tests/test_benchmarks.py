@@ -133,6 +133,8 @@ def test_generation_benchmark_refuses_a_cuda_device_it_does_not_have() -> None:
         pytest.skip("this machine has a CUDA device: the refusal is for machines without one")
     with pytest.raises(ValueError, match="needs a CUDA device"):
         generation.run(generation.parser().parse_args(["--quick", "--device", "cuda"]))
+    with pytest.raises(ValueError, match="only cpu and cuda"):  # no synchronisation for other devices
+        generation.run(generation.parser().parse_args(["--quick", "--device", "meta"]))
 
 
 def test_generation_breakdown_pieces_add_up_to_the_call(capsys) -> None:
