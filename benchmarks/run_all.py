@@ -286,6 +286,12 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _cell(entry: dict[str, Any], key: str) -> str:
+    """One figure of a case's entry (a speed-up's CPU-time ratio), or n/a where the mode did not run."""
+    value = entry.get(key)
+    return _fmt(value["cpu"] if isinstance(value, dict) else value)
+
+
 def _generation_modes(generation: dict[str, Any]) -> list[str]:
     """The eager / static / compiled table: one row per hybrid case that ran in every mode."""
     cases = generation["cases"]
@@ -302,16 +308,11 @@ def _generation_modes(generation: dict[str, Any]) -> list[str]:
     ]
     for name in rows:
         static, compiled = cases.get(f"{name}_static", {}), cases.get(f"{name}_compiled", {})
-
-        def cell(entry: dict[str, Any], key: str) -> str:
-            value = entry.get(key)
-            return _fmt(value["cpu"] if isinstance(value, dict) else value)
-
         same = [entry["same_codes_as_eager"] for entry in (static, compiled) if "same_codes_as_eager" in entry]
         lines.append(
-            f"| {name} | {cases[name]['ms_per_frame']:.1f} | {cell(static, 'ms_per_frame')} | "
-            f"{cell(compiled, 'ms_per_frame')} | {cell(static, 'speedup_vs_eager')} | "
-            f"{cell(compiled, 'speedup_vs_eager')} | {cell(compiled, 'rtf')} | {cell(compiled, 'compile_s')} | "
+            f"| {name} | {cases[name]['ms_per_frame']:.1f} | {_cell(static, 'ms_per_frame')} | "
+            f"{_cell(compiled, 'ms_per_frame')} | {_cell(static, 'speedup_vs_eager')} | "
+            f"{_cell(compiled, 'speedup_vs_eager')} | {_cell(compiled, 'rtf')} | {_cell(compiled, 'compile_s')} | "
             f"{'yes' if same and all(same) else 'no'} |"
         )
     lines += [
