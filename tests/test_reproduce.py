@@ -461,3 +461,52 @@ def test_render_only_reports_the_stored_runs_of_the_given_settings(study, tmp_pa
     assert f"{planned} of {planned} planned runs are not stored yet" in (tmp_path / "docs" / "results.md").read_text()
     with pytest.raises(ValueError, match="No speech corpus at"):
         reproduce.main(["--render-only", "--output-dir", str(tmp_path / "empty"), "--docs-dir", str(tmp_path)])
+
+
+def test_an_earlier_report_restores_its_runs_of_the_same_settings_only(study, tmp_path, monkeypatch, caplog):
+    config, _, root = study
+    earlier = json.loads((root / "docs" / "results.json").read_text())
+    assert earlier["runs"] and all("id" in row for row in earlier["runs"])
+    changed = copy.deepcopy(earlier)
+    changed["runs"][0]["id"] = "0123456789"  # a run of other settings under the same name
+    (tmp_path / "results.json").write_text(json.dumps(changed))
+    monkeypatch.setattr(reproduce, "_train_run", lambda *a, **k: pytest.fail("an imported run trained"))
+    fresh = dataclasses.replace(
+        config,
+        output_dir=str(tmp_path / "out"),
+        docs_dir=str(tmp_path / "docs"),
+        groups=("headline", "ablations"),
+        import_report=str(tmp_path / "results.json"),
+    )
+    with caplog.at_level("WARNING"):
+        with pytest.raises(pytest.fail.Exception, match="an imported run trained"):
+            run_reproduction(fresh)
+    assert f"{changed['runs'][0]['regime']} {changed['runs'][0]['domain']}/" in caplog.text
+    restored = [json.loads(f.read_text()) for f in stored_files(tmp_path)]
+    assert len(restored) == len(earlier["runs"]) - 1
+    originals = {(r["domain"], r["name"], r["seed"]): r for r in earlier["runs"]}
+    for result in restored:
+        original = originals[(result["domain"], result["name"], result["seed"])]
+        assert result["imported_from"] == str(tmp_path / "results.json")
+        assert {k: v for k, v in result.items() if k not in ("settings", "imported_from")} == original
+    # with the odd row left out, everything is stored: nothing trains and the report holds the earlier runs
+    report = run_reproduction(dataclasses.replace(fresh, import_report=str(root / "docs" / "results.json")))
+    assert len(report["runs"]) == len(earlier["runs"])
+    with pytest.raises(ValueError, match="is not a file"):
+        run_reproduction(dataclasses.replace(fresh, import_report=str(tmp_path / "missing.json")))
+
+
+def test_a_report_without_run_ids_is_the_same_study_only_with_the_same_settings_and_corpora(study):
+    earlier = json.loads((study[2] / "docs" / "results.json").read_text())["study"]
+    current = copy.deepcopy(earlier)
+    for info in current["corpora"].values():
+        info["dir"] = "/elsewhere"
+    assert reproduce._same_study(earlier, current, "random_kmeans")
+    for change in (
+        lambda s: s.update(steps=s["steps"] + 1),
+        lambda s: s["corpora"]["music"]["files"].update(train=0),
+        lambda s: s["codecs"]["random_kmeans"]["settings"].update(calibration_audio="another"),
+    ):
+        other = copy.deepcopy(current)
+        change(other)
+        assert not reproduce._same_study(earlier, other, "random_kmeans")

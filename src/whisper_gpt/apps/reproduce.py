@@ -34,6 +34,8 @@ and a changed setting gives a new ID, so an old result is never reused for it. `
 invocation first times each model with a few steps of the loop (`seconds_per_step`) and logs the estimated total,
 and ends by rendering ``DOCS_DIR/results.{json,md}`` and ``DOCS_DIR/figures/`` from all stored results of the
 study (`whisper_gpt.apps.reproduce_report`); runs not yet stored are listed as pending there.
+``import_report`` (``--import-report RESULTS_JSON``) stores the runs of an earlier report that are runs of these
+same settings (`import_report`), so a study can be continued in a fresh ``OUTPUT_DIR`` from a committed report.
 
 The flattened baseline (``flat8``) is a token-only GPT-S whose vocabulary is the 8 codebooks side by side
 (``codebook_size = 8 * 1024``): frame t's codes become 8 consecutive tokens ``k * 1024 + code_k`` (k = 0..7). Its
@@ -143,6 +145,7 @@ class ReproductionConfig:
     models: tuple[str, ...] | None = None
     progress: bool = False
     command: str | None = None
+    import_report: str | None = None  # an earlier results.json whose runs of these same settings count as stored
 
 
 def check_config(config: ReproductionConfig) -> None:
@@ -172,6 +175,11 @@ def check_config(config: ReproductionConfig) -> None:
         raise ValueError(f"eval_points must be between 1 and steps ({config.steps}), got {config.eval_points}.")
     if config.diagnostic_batches < 1:
         raise ValueError(f"diagnostic_batches must be at least 1, got {config.diagnostic_batches}.")
+    if config.import_report is not None and not Path(config.import_report).is_file():
+        raise ValueError(
+            f"--import-report {config.import_report} is not a file: give the results.json of an earlier run of the "
+            "study (for example docs/results.json)."
+        )
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -1074,6 +1082,8 @@ def run_reproduction(config: ReproductionConfig, *, estimate_only: bool = False)
     output.mkdir(parents=True, exist_ok=True)
     corpora = _ensure_corpora(config)
     planned, codecs = plan_study(config)
+    if config.import_report is not None:
+        import_report(Path(config.import_report), planned, config, study_settings(config, corpora, codecs))
     chosen = [run for run in planned if run.regime in config.regimes and selected(run.spec, config)]
     stored = [run for run in chosen if load_result(run.path, run.settings) is not None]
     todo = [run for run in chosen if load_result(run.path, run.settings) is None]
@@ -1100,6 +1110,7 @@ def run_reproduction(config: ReproductionConfig, *, estimate_only: bool = False)
             result["memory"] = _measure_memory(run.spec, config)
         result.update(
             regime=run.regime,
+            id=run.path.stem.rsplit("-", 1)[1],
             settings=run.settings,
             commit=commit,
             command=config.command,
@@ -1169,6 +1180,68 @@ def study_settings(
     )
 
 
+_SHARED_SETTINGS = (
+    "steps",
+    "warmup_steps",
+    "batch_size",
+    "crop_frames",
+    "optimizer",
+    "eval_points",
+    "validation_seconds",
+    "ablation_mel_bins",
+)
+
+
+def _same_study(earlier: dict[str, Any], current: dict[str, Any], regime: str) -> bool:
+    """Whether a report's ``study`` settings are ``current``'s for the runs of ``regime``: training, validation,
+    the regime's codec and the corpora (file counts, seconds, seconds by source; not where they lie)."""
+
+    def corpora(study: dict[str, Any]) -> dict[str, Any]:
+        return {domain: {k: v for k, v in info.items() if k != "dir"} for domain, info in study["corpora"].items()}
+
+    return (
+        all(earlier.get(key) == current[key] for key in _SHARED_SETTINGS)
+        and corpora(earlier) == corpora(current)
+        and earlier.get("codecs", {}).get(regime, {}).get("settings") == current["codecs"][regime]["settings"]
+    )
+
+
+def import_report(
+    path: Path, planned: list[PlannedRun], config: ReproductionConfig, current: dict[str, Any]
+) -> list[PlannedRun]:
+    """Store the runs of an earlier report (its ``results.json``) that are runs of this study, so they are not
+    trained again; returns the runs imported. A row counts when its regime, domain, name and seed are a planned
+    run's and its ``id`` is that run's ID. A row of a report written before rows carried their ID counts when the
+    report's study settings are ``current``'s (`_same_study`) and it was made from the command line, whose runs
+    have the default model overrides and diagnostics this study must then have too. Runs already stored are left
+    as they are; an imported result keeps its own commit, command and time and names the report it came from."""
+    report = json.loads(path.read_text())
+    if not isinstance(report, dict) or not isinstance(report.get("runs"), list) or "study" not in report:
+        raise ValueError(f"{path} is not a results.json written by whisper-gpt reproduce (no 'runs' and 'study').")
+    defaults = ReproductionConfig()
+    cli_defaults = config.model_overrides == {} and config.diagnostic_batches == defaults.diagnostic_batches
+    by_key = {(run.regime, run.spec.domain, run.spec.name, run.spec.seed): run for run in planned}
+    imported = []
+    for row in report["runs"]:
+        run = by_key.get((row.get("regime"), row.get("domain"), row.get("name"), row.get("seed")))
+        if run is None or load_result(run.path, run.settings) is not None:
+            continue
+        if "id" in row:
+            same = row["id"] == run.path.stem.rsplit("-", 1)[1]
+        else:
+            made_by_cli = str(row.get("command", "")).startswith(
+                ("whisper-gpt reproduce", "python examples/reproduce_paper.py")
+            )
+            same = cli_defaults and made_by_cli and _same_study(report["study"], current, run.regime)
+        if not same:
+            logger.warning("%s: %s %s has other settings than this study; not imported", path, run.regime, run.spec.key)
+            continue
+        _write_json_atomically(run.path, {**row, "settings": run.settings, "imported_from": str(path)})
+        imported.append(run)
+    logger.info("imported %d stored runs from %s", len(imported), path)
+    return imported
+
+
 def render_stored(config: ReproductionConfig) -> dict[str, Any]:
     """Write the report from the stored results of the study ``config`` describes, training nothing."""
     from .reproduce_report import build_report, write_report
@@ -1176,6 +1249,8 @@ def render_stored(config: ReproductionConfig) -> dict[str, Any]:
     check_config(config)
     corpora = _ensure_corpora(config, build=False)
     planned, codecs = plan_study(config)
+    if config.import_report is not None:
+        import_report(Path(config.import_report), planned, config, study_settings(config, corpora, codecs))
     report = build_report(_stored_results(planned), _plan_rows(planned), study_settings(config, corpora, codecs))
     write_report(report, Path(config.docs_dir))
     return report
@@ -1239,6 +1314,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--render-only", action="store_true", help="only re-write the report from the stored results of these settings"
     )
+    parser.add_argument(
+        "--import-report",
+        default=None,
+        metavar="RESULTS_JSON",
+        help="an earlier results.json (e.g. docs/results.json): its runs of these same settings are stored in "
+        "--output-dir and not trained again",
+    )
     parser.add_argument("--progress", action="store_true")
 
 
@@ -1265,6 +1347,7 @@ def config_from_args(args: argparse.Namespace, command: str | None = None) -> Re
         models=None if args.models is None else tuple(args.models),
         progress=args.progress,
         command=command,
+        import_report=args.import_report,
     )
 
 
@@ -1308,6 +1391,7 @@ __all__ = [
     "ReproductionConfig",
     "RunSpec",
     "add_arguments",
+    "import_report",
     "main",
     "mel_path_diagnostics",
     "paper_numbers",
